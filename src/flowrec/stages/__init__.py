@@ -1,0 +1,1 @@
+"""Thin entries, one per Snakemake rule: unpack the rule's input/params/output, call the library."""
