@@ -11,7 +11,10 @@ validate(config, "../config/schema.yaml")
 _SRC = str(Path(workflow.basedir) / "src")
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_SRC, os.environ.get("PYTHONPATH")) if p)
 
-DATASETS = list(config["datasets"])
+DATASETS = list(config["active_datasets"])
+_unknown = [d for d in DATASETS + list(config["distfit"]["datasets"]) if d not in config["datasets"]]
+if _unknown:
+    raise ValueError(f"config: active_datasets/distfit.datasets name {_unknown}, not keys of `datasets`")
 TUNED_METHODS = ["bigrec", "ifairlrs", "flower"]
 # Decoded methods: name -> the tuned model it decodes with.
 DECODED_METHODS = {
@@ -27,7 +30,7 @@ DISTFIT_METHODS = ["base", "sft", "dpo", "ppo", "flower"]
 
 
 wildcard_constraints:
-    dataset="|".join(DATASETS),
+    dataset="|".join(sorted(set(DATASETS) | set(config["distfit"]["datasets"]))),
     method="|".join(sorted(set(TABLE_METHODS) | set(DISTFIT_METHODS))),
 
 
