@@ -1,0 +1,115 @@
+"""Losses of BIGRec, IFairLRS and Flower on hand-made tensors (flowrec.tune.losses)."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from flowrec.tune.losses import (
+    ifairlrs_weights,
+    normalise_p_ui,
+    process_log_rewards,
+    sft_loss,
+    subtb_loss,
+    token_log_probs,
+)
+
+
+def hand_subtb(log_pi: list[float], log_r: list[float], granularity: int) -> float:
+    """Plain-Python SubTB: states every `granularity` tokens plus the end, all pairs m < n."""
+    n = len(log_pi)
+    states = sorted(set(range(0, n + 1, granularity)) | {n})
+    residuals = [(sum(log_pi[a:b]) - sum(log_r[a:b])) ** 2 for a, b in itertools.combinations(states, 2)]
+    return sum(residuals) / len(residuals)
+
+
+def test_subtb_zero_when_policy_equals_process_rewards():
+    log_r = torch.log(torch.tensor([[0.5, 0.25, 1.0, 0.0], [0.1, 1.0, 0.0, 0.0]]).clamp_min(1e-30))
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    log_r = log_r * mask
+    assert torch.allclose(subtb_loss(log_r.clone(), log_r, mask), torch.zeros(2), atol=1e-10)
+    # Padding positions may hold anything: they are masked.
+    noisy = log_r.clone()
+    noisy[0, 3] = 5.0
+    assert torch.allclose(subtb_loss(noisy, log_r, mask), torch.zeros(2), atol=1e-10)
+    off = log_r.clone()
+    off[1, 0] -= 0.3
+    loss = subtb_loss(off, log_r, mask)
+    assert loss[0] == 0 and loss[1] > 0
+
+
+@pytest.mark.parametrize("granularity", [1, 2, 3])
+def test_subtb_matches_hand_computation(granularity):
+    rng = np.random.default_rng(granularity)
+    log_pi = rng.normal(size=(2, 5)).tolist()
+    log_r = rng.normal(size=(2, 5)).tolist()
+    lengths = [5, 4]
+    mask = torch.tensor([[1] * n + [0] * (5 - n) for n in lengths])
+    got = subtb_loss(
+        torch.tensor(log_pi, dtype=torch.float64), torch.tensor(log_r, dtype=torch.float64), mask, granularity
+    )
+    for i, n in enumerate(lengths):
+        want = hand_subtb(log_pi[i][:n], log_r[i][:n], granularity)
+        assert got[i].item() == pytest.approx(want, rel=1e-12)
+
+
+def test_subtb_granularity_two_by_hand():
+    # Three tokens, granularity 2: states 0, 2, 3 -> pairs (0,2), (0,3), (2,3).
+    log_pi = torch.tensor([[-1.0, -2.0, -0.5]])
+    log_r = torch.tensor([[-1.5, -1.0, -1.0]])
+    d = [-1.0 + 1.5, -2.0 + 1.0, -0.5 + 1.0]  # 0.5, -1.0, 0.5
+    want = ((d[0] + d[1]) ** 2 + (d[0] + d[1] + d[2]) ** 2 + d[2] ** 2) / 3
+    assert subtb_loss(log_pi, log_r, torch.ones(1, 3), 2).item() == pytest.approx(want)
+    assert want == pytest.approx(0.5 / 3)
+
+
+def test_subtb_gradient_reaches_parameters():
+    torch.manual_seed(0)
+    head = torch.nn.Linear(4, 7)
+    hidden = torch.randn(2, 3, 4)
+    tokens = torch.tensor([[1, 2, 3], [4, 5, 0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    log_pi = token_log_probs(head(hidden), tokens)
+    loss = subtb_loss(log_pi, torch.full((2, 3), -0.5), mask).mean()
+    loss.backward()
+    assert loss.item() > 0
+    assert head.weight.grad is not None and head.weight.grad.abs().sum() > 0
+
+
+def test_token_log_probs_equals_log_softmax():
+    logits = torch.randn(2, 3, 11)
+    tokens = torch.randint(0, 11, (2, 3))
+    want = torch.log_softmax(logits, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    assert torch.allclose(token_log_probs(logits, tokens), want, atol=1e-6)
+
+
+def test_sft_loss_ignores_prompt_and_padding():
+    # Sample 0 has two target tokens and one pad; the pad's value must not matter.
+    logp = torch.tensor([[-1.0, -3.0, -100.0], [-2.0, -100.0, -100.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    assert torch.allclose(sft_loss(logp, mask), torch.tensor([2.0, 2.0]))
+    assert torch.allclose(sft_loss(logp, mask, torch.tensor([0.5, 3.0])), torch.tensor([1.0, 6.0]))
+
+
+def test_ifairlrs_weights_hand_example():
+    # Targets: group 0 three times, group 1 once -> target shares 0.75, 0.25, 0 (group 2 unused).
+    weights = ifairlrs_weights(np.array([0, 0, 1, 0]), np.array([0.6, 0.3, 0.1]), 3)
+    assert weights == pytest.approx([0.8, 0.8, 1.2, 0.8])
+    with pytest.raises(ValueError, match="groups must lie"):
+        ifairlrs_weights(np.array([3]), np.array([0.6, 0.3, 0.1]), 3)
+
+
+def test_reward_variants_and_p_ui_normalisation():
+    p = torch.tensor([[0.1, 0.2, 0.7], [0.25, 0.25, 0.25]])
+    norm = normalise_p_ui(p)
+    assert torch.allclose(norm[0], torch.tensor([0.1 - 1 / 3, 0.2 - 1 / 3, 0.7 - 1 / 3]) / 0.6 + 1)
+    assert torch.allclose(norm[1], torch.ones(3))
+    edge = torch.tensor([[math.log(0.5), math.log(0.2)]])
+    pu = torch.tensor([2.0])
+    assert torch.allclose(process_log_rewards(edge, pu, "plain"), edge)
+    assert torch.allclose(process_log_rewards(edge, pu, "div"), edge / 2)
+    assert torch.allclose(process_log_rewards(edge, pu, "add"), torch.log(torch.tensor([[1.0, 0.4]])))
+    with pytest.raises(ValueError, match="unknown reward variant"):
+        process_log_rewards(edge, pu, "mul")
