@@ -1,0 +1,368 @@
+"""Evaluation metrics of the paper (method.md section 6) and the RQ1 distribution divergences.
+
+Everything works on titles: a recommendation list is a ranked list of distinct title strings and a
+sample's target is the title of its target item. Several items may share a title (Amazon CDs has
+464 duplicate titles); recommending any of them counts as a hit on the target, since the generated
+text cannot tell them apart. Pure functions on plain Python/numpy data; `evaluate_prediction_files`
+is the only one that reads files (the contract of docs/formats.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from flowrec.subsets import seeded_subset
+
+log = logging.getLogger(__name__)
+
+# The paper's tail: recommendations from the three least popular of the popularity groups.
+TAIL_GROUPS = 3
+# The paper's Figure 2 shows top-5 lists; the figure stage reads the group shares stored at this K.
+FIGURE_K = 5
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """The `metrics:` config block (config/schema.yaml)."""
+
+    ks: list[int]  # cut-offs for HR and NDCG (each <= decode.num_return)
+    fairness_ks: list[int]  # cut-offs for DGU and MGU (each <= decode.num_return)
+
+    @classmethod
+    def from_dict(cls, params: Mapping[str, object]) -> MetricsSettings:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise ValueError(f"metrics settings: unknown key(s) {unknown}; expected {sorted(known)}")
+        return cls(**params)
+
+
+def check_cutoffs(ks: Sequence[int], fairness_ks: Sequence[int], num_return: int) -> None:
+    """Refuse any @K larger than the returned list (the published evaluation reported @20 from 10 beams)."""
+    for name, values in (("metrics.ks", ks), ("metrics.fairness_ks", fairness_ks)):
+        too_large = [k for k in values if k > num_return]
+        if too_large:
+            raise ValueError(
+                f"config: {name} {list(values)} has K={too_large} larger than decode.num_return={num_return}; "
+                f"an @K metric needs at least K returned titles per sample"
+            )
+
+
+def eval_subset(n_test: int, n: int | None, seed: int) -> np.ndarray:
+    """Test rows that are decoded and scored (docs/formats.md): `flowrec.subsets.seeded_subset`."""
+    return seeded_subset(n_test, n, seed)
+
+
+# ----------------------------------------------------------------------------------------------
+# Accuracy: HR@K, NDCG@K
+# ----------------------------------------------------------------------------------------------
+
+
+def top_k_matrix(rec_titles: Sequence[Sequence[str]], k: int) -> np.ndarray:
+    """(n_samples, k) object array of the first k titles of each list, padded with None."""
+    mat = np.full((len(rec_titles), k), None, dtype=object)
+    for i, titles in enumerate(rec_titles):  # one pass over samples to pad ragged lists
+        row = list(titles[:k])
+        mat[i, : len(row)] = row
+    return mat
+
+
+def target_ranks(rec_titles: Sequence[Sequence[str]], target_titles: Sequence[str], k: int) -> np.ndarray:
+    """0-based rank of each sample's target title in its top-k list; -1 where it is absent."""
+    if len(rec_titles) != len(target_titles):
+        raise ValueError(f"{len(rec_titles)} recommendation lists but {len(target_titles)} targets")
+    hits = top_k_matrix(rec_titles, k) == np.asarray(target_titles, dtype=object)[:, None]  # (n, k)
+    return np.where(hits.any(axis=1), hits.argmax(axis=1), -1)
+
+
+def accuracy_at_k(
+    rec_titles: Sequence[Sequence[str]], target_titles: Sequence[str], k: int
+) -> dict[str, float]:
+    """HR@K = share of samples whose target title is in the top K; NDCG@K = mean of 1/log2(rank+2)."""
+    ranks = target_ranks(rec_titles, target_titles, k)
+    hit = ranks >= 0
+    gains = np.where(hit, 1.0 / np.log2(np.maximum(ranks, 0) + 2.0), 0.0)
+    return {f"HR@{k}": float(hit.mean()), f"NDCG@{k}": float(gains.mean())}
+
+
+# ----------------------------------------------------------------------------------------------
+# Popularity fairness: DGU@K, MGU@K, tail share
+# ----------------------------------------------------------------------------------------------
+
+
+def group_counts(
+    rec_titles: Sequence[Sequence[str]], k: int, title_group: Mapping[str, int], n_groups: int
+) -> np.ndarray:
+    """Recommendations per popularity group among all top-k titles, shape (n_groups,), int64.
+
+    A title absent from `title_group` goes to the least popular group (n_groups - 1) and is counted
+    like any other title (the published code set that group's count to 1 instead).
+    """
+    flat = pd.Series([t for titles in rec_titles for t in titles[:k]], dtype=object)
+    groups = flat.map(title_group).fillna(n_groups - 1).to_numpy(dtype=np.int64)
+    if len(groups) and (groups.min() < 0 or groups.max() >= n_groups):
+        raise ValueError(f"popularity groups must lie in [0, {n_groups}); got {groups.min()}..{groups.max()}")
+    return np.bincount(groups, minlength=n_groups)
+
+
+def group_shares(counts: np.ndarray) -> np.ndarray:
+    """Counts -> shares (all zeros when there is nothing to share)."""
+    total = counts.sum()
+    return counts / total if total > 0 else np.zeros(len(counts), dtype=np.float64)
+
+
+def fairness_at_k(
+    rec_titles: Sequence[Sequence[str]], k: int, title_group: Mapping[str, int], data_shares: Sequence[float]
+) -> dict[str, float]:
+    """DGU@K = max_g d_g - min_g d_g, MGU@K = mean_g |d_g|, d_g = rec share of g - data share of g.
+
+    Groups without recommendations have rec share 0; method.md section 6.
+    """
+    data = np.asarray(data_shares, dtype=np.float64)
+    d = group_shares(group_counts(rec_titles, k, title_group, len(data))) - data
+    return {f"DGU@{k}": float(d.max() - d.min()), f"MGU@{k}": float(np.abs(d).mean())}
+
+
+def tail_share(
+    rec_titles: Sequence[Sequence[str]], k: int, title_group: Mapping[str, int], n_groups: int
+) -> float:
+    """Share of all top-k recommendations whose title is in one of the TAIL_GROUPS least popular groups."""
+    counts = group_counts(rec_titles, k, title_group, n_groups)
+    return float(group_shares(counts)[-TAIL_GROUPS:].sum())
+
+
+def catalogue_coverage(rec_titles: Sequence[Sequence[str]], k: int, n_titles: int) -> float:
+    """Distinct titles recommended in any top-k list / all titles of the catalogue."""
+    return len({t for titles in rec_titles for t in titles[:k]}) / n_titles
+
+
+# ----------------------------------------------------------------------------------------------
+# Diversity: word entropy H and type-token ratio TTR
+# ----------------------------------------------------------------------------------------------
+
+
+def word_diversity(rec_titles: Sequence[Sequence[str]]) -> dict[str, float]:
+    """H = entropy (log2) of the whitespace-separated words over all recommended titles; TTR = types/tokens.
+
+    The caller passes the full returned lists (top num_return, the paper's top 10): every title in
+    every list counts once per occurrence across lists.
+    """
+    words = " ".join(t for titles in rec_titles for t in titles).split()
+    if not words:
+        return {"H": 0.0, "TTR": 0.0}
+    _, counts = np.unique(np.asarray(words, dtype=object), return_counts=True)
+    p = counts / counts.sum()
+    return {"H": float(-(p * np.log2(p)).sum()), "TTR": len(counts) / len(words)}
+
+
+# ----------------------------------------------------------------------------------------------
+# All metrics of one method
+# ----------------------------------------------------------------------------------------------
+
+
+def evaluate_rankings(
+    rec_titles: Sequence[Sequence[str]],
+    target_titles: Sequence[str],
+    title_group: Mapping[str, int],
+    data_shares: Sequence[float],
+    n_titles: int,
+    settings: MetricsSettings,
+    list_k: int,
+) -> dict[str, object]:
+    """Every metric of method.md section 6 plus coverage and tail share, as one flat dict.
+
+    rec_titles: ranked distinct titles per sample (cut to `list_k`, the decoder's num_return);
+    HR/NDCG at settings.ks; DGU/MGU at settings.fairness_ks; H, TTR, Coverage@list_k and
+    TailShare@list_k on the full lists. `group_shares@K` (lists) serve the popularity figure.
+    """
+    check_cutoffs(settings.ks, settings.fairness_ks, list_k)
+    lists = [list(titles[:list_k]) for titles in rec_titles]
+    n_groups = len(data_shares)
+    out: dict[str, object] = {"samples": len(lists)}
+    for k in sorted(settings.ks):
+        out.update(accuracy_at_k(lists, target_titles, k))
+    for k in sorted(settings.fairness_ks):
+        out.update(fairness_at_k(lists, k, title_group, data_shares))
+    out.update(word_diversity(lists))
+    out[f"Coverage@{list_k}"] = catalogue_coverage(lists, list_k, n_titles)
+    out[f"TailShare@{list_k}"] = tail_share(lists, list_k, title_group, n_groups)
+    out["group_shares_data"] = [float(s) for s in data_shares]
+    for k in sorted({*settings.ks, *settings.fairness_ks, min(FIGURE_K, list_k)}):
+        counts = group_counts(lists, k, title_group, n_groups)
+        out[f"group_shares@{k}"] = [float(s) for s in group_shares(counts)]
+    return out
+
+
+def evaluate_prediction_files(
+    predictions: str | Path,
+    test: str | Path,
+    items: str | Path,
+    groups: str | Path,
+    groups_json: str | Path,
+    settings: MetricsSettings,
+    list_k: int,
+    subset: np.ndarray | None = None,
+) -> dict[str, object]:
+    """Score one predictions file (docs/formats.md) against the test targets.
+
+    subset None: the samples present in the file. Otherwise only those rows (SASRec predicts every
+    test sample; it is cut to the LLM methods' seeded subset), each of which must be present.
+    """
+    pred = pd.read_parquet(predictions, columns=["sample", "titles"])
+    n_test = pd.read_parquet(test, columns=["target"]).shape[0]
+    if pred["sample"].duplicated().any() or not pred["sample"].between(0, n_test - 1).all():
+        raise ValueError(
+            f"{predictions}: column `sample` must hold distinct rows of {test} (0..{n_test - 1})"
+        )
+    if subset is not None:
+        missing = np.setdiff1d(subset, pred["sample"].to_numpy())
+        if len(missing):
+            raise ValueError(
+                f"{predictions}: {len(missing)} test samples of the subset missing, e.g. {missing[:5]}"
+            )
+        pred = pred[pred["sample"].isin(subset)]
+    pred = pred.sort_values("sample")
+    for sample, titles in zip(pred["sample"], pred["titles"], strict=True):
+        if len(set(titles)) != len(titles):
+            raise ValueError(f"{predictions}: sample {sample}: titles are not distinct (docs/formats.md)")
+    item_title = pd.read_parquet(items, columns=["item_id", "title"]).set_index("item_id")["title"]
+    targets = pd.read_parquet(test, columns=["target"])["target"].to_numpy()[pred["sample"].to_numpy()]
+    unknown = np.setdiff1d(targets, item_title.index.to_numpy())
+    if len(unknown):
+        raise ValueError(f"{test}: target item ids {unknown[:5]} are not in {items}")
+    group_table = pd.read_parquet(groups, columns=["title", "group"])
+    shares = json.loads(Path(groups_json).read_text())["shares"]
+    title_group = dict(zip(group_table["title"], group_table["group"].astype(int), strict=True))
+    return evaluate_rankings(
+        rec_titles=[list(t) for t in pred["titles"]],
+        target_titles=item_title.loc[targets].tolist(),
+        title_group=title_group,
+        data_shares=shares,
+        n_titles=len(group_table),
+        settings=settings,
+        list_k=list_k,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Distribution divergences (RQ1, method.md section 6)
+# ----------------------------------------------------------------------------------------------
+
+# Additive smoothing for KL: this pseudo-count is added to every outcome of the union support of
+# the two distributions (outcomes seen in either one), so KL stays finite when one side never
+# produced an outcome. JS needs none. All divergences use the natural log (JS <= ln 2 ~ 0.693);
+# the paper's JS values 0.047..0.513 fit that scale.
+KL_SMOOTHING = 0.5
+
+
+def title_distribution(titles: Iterable[str] | Mapping[str, float]) -> dict[str, float]:
+    """Counts per title: a mapping is read as {title: count}, any other iterable as one draw per title."""
+    if isinstance(titles, Mapping):
+        return {str(t): float(c) for t, c in titles.items()}
+    return {t: float(c) for t, c in Counter(titles).items()}
+
+
+def token_distribution(
+    title_counts: Mapping[str, float], title_token_ids: Mapping[str, Sequence[int]]
+) -> dict[int, float]:
+    """Counts per token id: every token of a title counts with that title's count.
+
+    `title_token_ids` holds the ids of each title as the caller tokenizes it (the caller decides
+    whether termination tokens belong to a title; they add the same mass to both sides).
+    """
+    missing = [t for t in title_counts if t not in title_token_ids]
+    if missing:
+        raise KeyError(f"token ids missing for {len(missing)} titles, e.g. {missing[:3]}")
+    ids = [np.asarray(title_token_ids[t], dtype=np.int64) for t in title_counts]
+    weights = np.repeat(np.fromiter(title_counts.values(), np.float64), [len(i) for i in ids])
+    flat = np.concatenate(ids) if ids else np.zeros(0, np.int64)
+    tokens, inverse = np.unique(flat, return_inverse=True)
+    counts = np.bincount(inverse, weights=weights, minlength=len(tokens))
+    return {int(t): float(c) for t, c in zip(tokens, counts, strict=True)}
+
+
+def aligned_counts(p: Mapping, q: Mapping) -> tuple[np.ndarray, np.ndarray]:
+    """Two count vectors over the sorted union of both supports (missing outcomes count 0)."""
+    support = sorted(set(p) | set(q))
+    return (
+        np.array([p.get(x, 0.0) for x in support], np.float64),
+        np.array([q.get(x, 0.0) for x in support], np.float64),
+    )
+
+
+def _check_counts(p: np.ndarray, q: np.ndarray) -> None:
+    if p.shape != q.shape or p.ndim != 1:
+        raise ValueError(f"count vectors must be 1-d and aligned, got shapes {p.shape} and {q.shape}")
+    if (p < 0).any() or (q < 0).any() or p.sum() <= 0 or q.sum() <= 0:
+        raise ValueError("counts must be non-negative with a positive total")
+
+
+def kl_divergence(p_counts: np.ndarray, q_counts: np.ndarray, smoothing: float = KL_SMOOTHING) -> float:
+    """KL(P || Q) = sum_x P(x) ln(P(x) / Q(x)), natural log.
+
+    P and Q are count vectors over one support; `smoothing` is added to every entry of both before
+    normalising (the support should be the union of outcomes seen in either, see aligned_counts).
+    """
+    p_counts, q_counts = np.asarray(p_counts, np.float64), np.asarray(q_counts, np.float64)
+    _check_counts(p_counts, q_counts)
+    p = (p_counts + smoothing) / (p_counts + smoothing).sum()
+    q = (q_counts + smoothing) / (q_counts + smoothing).sum()
+    if (q[p > 0] == 0).any():
+        return float("inf")  # only reachable with smoothing 0
+    nz = p > 0
+    return float((p[nz] * np.log(p[nz] / q[nz])).sum())
+
+
+def js_divergence(p_counts: np.ndarray, q_counts: np.ndarray) -> float:
+    """Jensen-Shannon divergence, natural log: (KL(P||M) + KL(Q||M)) / 2 with M = (P + Q) / 2; unsmoothed."""
+    p_counts, q_counts = np.asarray(p_counts, np.float64), np.asarray(q_counts, np.float64)
+    _check_counts(p_counts, q_counts)
+    p, q = p_counts / p_counts.sum(), q_counts / q_counts.sum()
+    m = (p + q) / 2
+
+    def _kl_to_m(x: np.ndarray) -> float:
+        nz = x > 0  # 0 * ln 0 = 0; m > 0 wherever x > 0
+        return float((x[nz] * np.log(x[nz] / m[nz])).sum())
+
+    return (_kl_to_m(p) + _kl_to_m(q)) / 2
+
+
+def distribution_divergences(
+    target_counts: Mapping[str, float],
+    generated_titles: Sequence[str],
+    title_token_ids: Mapping[str, Sequence[int]],
+    smoothing: float = KL_SMOOTHING,
+) -> dict[str, float]:
+    """Title- and token-level divergences between a target T = {title: count} and generated titles R.
+
+    Keys: title_KL_TR = KL(T||R), title_KL_RT = KL(R||T), title_JS, and the same with token_ over
+    the token-id distributions; natural log; KL with additive smoothing `smoothing` on the union
+    support; plus `generated` (number of titles) and `in_target` (share of generated titles in T).
+    """
+    target = title_distribution(target_counts)
+    generated = title_distribution(generated_titles)
+    out: dict[str, float] = {}
+    for level, t, r in (
+        ("title", target, generated),
+        (
+            "token",
+            token_distribution(target, title_token_ids),
+            token_distribution(generated, title_token_ids),
+        ),
+    ):
+        tv, rv = aligned_counts(t, r)
+        out[f"{level}_KL_TR"] = kl_divergence(tv, rv, smoothing)
+        out[f"{level}_KL_RT"] = kl_divergence(rv, tv, smoothing)
+        out[f"{level}_JS"] = js_divergence(tv, rv)
+    out["generated"] = float(len(generated_titles))
+    out["in_target"] = float(np.mean([t in target for t in generated_titles])) if generated_titles else 0.0
+    return out
