@@ -1,0 +1,87 @@
+# Result tables and figures, each wrapped for `snakemake --report results/report.html`.
+
+
+rule make_tables:
+    input:
+        metrics=expand("results/{{dataset}}/metrics/{method}.json", method=TABLE_METHODS),
+        code=["src/flowrec/report.py"],
+    output:
+        csv=report(
+            "results/{dataset}/tables/results.csv",
+            caption="../report/results_table.rst",
+            category="Results",
+            subcategory="{dataset}",
+        ),
+        md="results/{dataset}/tables/results.md",
+    log:
+        "logs/make_tables/{dataset}.log",
+    benchmark:
+        "benchmarks/make_tables/{dataset}.tsv"
+    params:
+        methods=TABLE_METHODS,
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../envs/report.yaml"
+    script:
+        "../src/flowrec/stages/make_tables.py"
+
+
+rule make_combined_table:
+    input:
+        tables=expand("results/{dataset}/tables/results.csv", dataset=DATASETS),
+        code=["src/flowrec/report.py"],
+    output:
+        csv=report("results/tables/all.csv", caption="../report/combined_table.rst", category="Results"),
+        md="results/tables/all.md",
+    log:
+        "logs/make_combined_table/all.log",
+    benchmark:
+        "benchmarks/make_combined_table/all.tsv"
+    params:
+        datasets=DATASETS,
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../envs/report.yaml"
+    script:
+        "../src/flowrec/stages/make_tables.py"
+
+
+rule make_figures:
+    input:
+        metrics=expand("results/{{dataset}}/metrics/{method}.json", method=TABLE_METHODS),
+        group_shares="results/{dataset}/trie/groups.json",
+        flower_log="results/{dataset}/tune/flower/log.csv",
+        code=["src/flowrec/report.py"],
+    output:
+        popularity=report(
+            "results/{dataset}/figures/popularity_groups.png",
+            caption="../report/popularity_groups.rst",
+            category="Figures",
+            subcategory="{dataset}",
+        ),
+        training=report(
+            "results/{dataset}/figures/flower_training.png",
+            caption="../report/flower_training.rst",
+            category="Figures",
+            subcategory="{dataset}",
+        ),
+    log:
+        "logs/make_figures/{dataset}.log",
+    benchmark:
+        "benchmarks/make_figures/{dataset}.tsv"
+    params:
+        methods=TABLE_METHODS,
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=5,
+    conda:
+        "../envs/report.yaml"
+    script:
+        "../src/flowrec/stages/make_figures.py"
