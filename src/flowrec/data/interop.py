@@ -1,0 +1,267 @@
+"""The D3/BIGRec interop CSV (method.md section 2): export of our splits, import of an existing split.
+
+Columns: user_id, item_asins, item_asin, history_item_id, item_id, history_item_title, item_title,
+history_rating, rating, history_timestamp, timestamp; list cells are Python literals
+(`['a', "b's"]`), as the published BIGRec/D3/Flower code writes them with pandas.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from flowrec.data.protocol import SPLITS, clean_title
+from flowrec.io import atomic_path
+
+log = logging.getLogger("flowrec.data")
+
+D3_COLUMNS = [
+    "user_id",
+    "item_asins",
+    "item_asin",
+    "history_item_id",
+    "item_id",
+    "history_item_title",
+    "item_title",
+    "history_rating",
+    "rating",
+    "history_timestamp",
+    "timestamp",
+]
+
+
+def _per_row(values: list, offsets: np.ndarray) -> list[str]:
+    """Python-literal text of each row's slice of the flattened `values`."""
+    return [repr(values[a:b]) for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+
+
+def d3_frame(samples: pa.Table, items: pa.Table) -> pd.DataFrame:
+    """One split in D3 CSV columns; rating/timestamp columns empty where unknown (e.g. imported)."""
+    titles = np.asarray(items.column("title").to_pylist(), dtype=object)
+    sources = np.asarray(items.column("source_id").to_pylist(), dtype=object)
+    history = samples.column("history").combine_chunks()
+    flat = history.values.to_numpy()
+    offsets = history.offsets.to_numpy() - history.offsets[0].as_py()
+    target = samples.column("target").to_numpy()
+
+    def optional_list(name: str) -> list:
+        if name not in samples.column_names or samples.column(name).null_count == samples.num_rows:
+            return [None] * samples.num_rows
+        column = samples.column(name).combine_chunks()
+        values = column.values.to_pylist()
+        return _per_row(values, column.offsets.to_numpy() - column.offsets[0].as_py())
+
+    def optional(name: str) -> list:
+        return samples.column(name).to_pylist() if name in samples.column_names else [None] * samples.num_rows
+
+    return pd.DataFrame(
+        {
+            "user_id": samples.column("user").to_pylist(),
+            "item_asins": _per_row(sources[flat].tolist(), offsets),
+            "item_asin": sources[target],
+            "history_item_id": _per_row(flat.tolist(), offsets),
+            "item_id": target,
+            "history_item_title": _per_row(titles[flat].tolist(), offsets),
+            "item_title": titles[target],
+            "history_rating": optional_list("history_rating"),
+            "rating": optional("rating"),
+            "history_timestamp": optional_list("history_timestamp"),
+            "timestamp": pd.array(optional("timestamp"), dtype="Int64"),
+        },
+        columns=D3_COLUMNS,
+    )
+
+
+def write_d3_csv(samples: pa.Table, items: pa.Table, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        d3_frame(samples, items).to_csv(tmp, index=False)
+
+
+def _parse_list(cell: str, ints: bool) -> object:
+    if ints:
+        try:  # integer lists are valid JSON, and json is several times faster than ast on them
+            return json.loads(cell)
+        except ValueError:
+            pass
+    return ast.literal_eval(cell)
+
+
+def _literal_lists(column: pd.Series, path: Path, name: str, ints: bool) -> list[list]:
+    """Parse Python-literal list cells; an error names the file, line and column."""
+    out = []
+    for row, cell in enumerate(column):
+        try:
+            value = _parse_list(cell, ints)
+        except (ValueError, SyntaxError) as err:
+            raise ValueError(f"{path}:{row + 2}: column {name}: {cell[:80]!r} is not a list literal") from err
+        if not isinstance(value, list):
+            raise ValueError(f"{path}:{row + 2}: column {name}: expected a list, got {cell[:80]!r}")
+        out.append(value)
+    return out
+
+
+def _read_split(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: missing (source import needs train.csv, valid.csv, test.csv)")
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    for name in ("history_item_title", "item_title"):
+        if name not in frame.columns:
+            raise ValueError(f"{path}: column {name} missing; columns are {list(frame.columns)}")
+    return frame
+
+
+def _read_items(path: Path) -> pd.DataFrame:
+    frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, quoting=csv.QUOTE_NONE)
+    if list(frame.columns[:2]) != ["item_id", "item_title"]:
+        raise ValueError(f"{path}: expected header item_id<TAB>item_title, got {list(frame.columns)}")
+    ids = pd.to_numeric(frame["item_id"], errors="coerce")
+    if ids.isna().any():
+        raise ValueError(f"{path}:{int(ids.isna().to_numpy().argmax()) + 2}: item_id is not an integer")
+    return pd.DataFrame({"item_id": ids.astype(np.int64), "title": frame["item_title"]})
+
+
+def import_d3(
+    import_dir: str | Path, max_history: int, seed: int
+) -> tuple[pa.Table, dict[str, pa.Table], dict]:
+    """(items, {split: samples}, stats) from import_dir/{train,valid,test}.csv (+ optional items.tsv).
+
+    Ids: history_item_id/item_id when every file has them (with items.tsv, or else the (id, title)
+    pairs seen, which must then cover 0..N-1); otherwise titles are mapped to items: the smallest
+    item_id with that title from items.tsv, or, without items.tsv, the distinct titles seen, sorted
+    and shuffled with `seed`. Histories keep their last `max_history` items. Rows keep file order.
+    """
+    folder = Path(import_dir)
+    frames = {name: _read_split(folder / f"{name}.csv") for name in SPLITS}
+    items_path = folder / "items.tsv"
+    with_ids = all({"history_item_id", "item_id"} <= set(f.columns) for f in frames.values())
+    lists = {
+        name: _literal_lists(
+            f["history_item_id"] if with_ids else f["history_item_title"],
+            folder / f"{name}.csv",
+            "history_item_id" if with_ids else "history_item_title",
+            ints=with_ids,
+        )
+        for name, f in frames.items()
+    }
+    stats_drops: dict[str, int] = {}
+    if items_path.exists():
+        items = _read_items(items_path)
+        if not np.array_equal(np.sort(items["item_id"].to_numpy()), np.arange(len(items))):
+            raise ValueError(f"{items_path}: item_id must be 0..N-1 (got {len(items)} rows)")
+        items = items.sort_values("item_id").reset_index(drop=True)
+    elif with_ids:
+        pairs = (
+            pd.concat(
+                [
+                    pd.DataFrame({"item_id": f["item_id"].astype(np.int64), "title": f["item_title"]})
+                    for f in frames.values()
+                ]
+            )
+            .drop_duplicates("item_id")
+            .sort_values("item_id")
+        )
+        missing = np.setdiff1d(np.arange(pairs["item_id"].max() + 1), pairs["item_id"].to_numpy())
+        if len(missing):
+            raise ValueError(
+                f"{folder}: no items.tsv and ids {missing[:5].tolist()}... never appear as item_id"
+            )
+        items = pairs.reset_index(drop=True)
+    else:
+        seen = set()
+        for name, frame in frames.items():
+            seen.update(frame["item_title"])
+            for row in lists[name]:
+                seen.update(row)
+        ordered = np.array(sorted(seen), dtype=object)[np.random.default_rng(seed).permutation(len(seen))]
+        items = pd.DataFrame({"item_id": np.arange(len(ordered), dtype=np.int64), "title": ordered})
+    n_items = len(items)
+    junk = sum(clean_title(t, 10**9)[1] == "title_html" for t in items["title"])
+    if junk:
+        stats_drops["imported_items_with_html_title_kept"] = int(junk)
+        log.warning(
+            "%s: %d item titles contain HTML markup (kept: the split is imported as is)", folder, junk
+        )
+    id_of_title = items.sort_values("item_id").drop_duplicates("title").set_index("title")["item_id"]
+
+    splits = {}
+    for name, frame in frames.items():
+        path = folder / f"{name}.csv"
+        if with_ids:
+            target = pd.to_numeric(frame["item_id"], errors="coerce")
+            if target.isna().any():
+                raise ValueError(
+                    f"{path}:{int(target.isna().to_numpy().argmax()) + 2}: item_id is not an integer"
+                )
+            target = target.to_numpy(np.int64)
+            history = lists[name]
+        else:
+            known = frame["item_title"].isin(id_of_title.index)
+            if not known.all():
+                line = int((~known).to_numpy().argmax()) + 2
+                raise ValueError(
+                    f"{path}:{line}: item_title {frame['item_title'][~known].iloc[0]!r} is no item"
+                )
+            target = id_of_title.loc[frame["item_title"]].to_numpy(np.int64)
+            try:
+                history = [id_of_title.loc[row].tolist() for row in lists[name]]
+            except KeyError as err:
+                raise ValueError(f"{path}: history_item_title names an unknown title {err}") from err
+        history = [row[-max_history:] for row in history]
+        lengths = np.fromiter((len(r) for r in history), np.int64, len(history))
+        flat = np.fromiter((i for r in history for i in r), np.int64, int(lengths.sum()))
+        if len(flat) and (flat.min() < 0 or flat.max() >= n_items) or len(target) and target.max() >= n_items:
+            raise ValueError(f"{path}: item ids outside 0..{n_items - 1}")
+        offsets = pa.array(np.r_[0, np.cumsum(lengths)], pa.int64())
+        user = (
+            frame["user_id"].where(frame["user_id"] != "", None)
+            if "user_id" in frame
+            else [None] * len(frame)
+        )
+        stamp = (
+            pd.to_numeric(frame["timestamp"], errors="coerce").astype("Int64")
+            if "timestamp" in frame
+            else pd.array([None] * len(frame), dtype="Int64")
+        )
+        splits[name] = pa.table(
+            {
+                "user": pa.array(list(user), pa.string()),
+                "history": pa.ListArray.from_arrays(offsets, pa.array(flat, pa.int64())),
+                "target": pa.array(target, pa.int64()),
+                "timestamp": pa.array(stamp, pa.int64()),
+            }
+        )
+        if with_ids:
+            titles = items["title"].to_numpy(dtype=object)
+            mismatch = int((titles[target] != frame["item_title"].to_numpy(dtype=object)).sum())
+            if mismatch:
+                stats_drops[f"{name}_item_title_differs_from_items_tsv"] = mismatch
+                log.warning("%s: %d rows whose item_title differs from the title of item_id", path, mismatch)
+    users = pd.concat([f["user_id"] for f in frames.values() if "user_id" in f])
+    n_titles = items["title"].nunique()
+    items_table = pa.table(
+        {
+            "item_id": pa.array(items["item_id"].to_numpy(np.int64)),
+            "title": pa.array(items["title"].astype(str).tolist(), pa.string()),
+            "source_id": pa.array(items["item_id"].astype(str).tolist(), pa.string()),
+        }
+    )
+    stats = {
+        "source": "import",
+        "import_dir": str(folder),
+        "users": None if "user_id" not in frames["train"] else int(users[users != ""].nunique()),
+        "items": n_items,
+        "unique_titles": int(n_titles),
+        "items_sharing_a_title": int(n_items - n_titles),
+        "interactions": None,  # unknown: an imported split has no per-user sequences
+        "samples": {name: table.num_rows for name, table in splits.items()},
+        "dropped": stats_drops,
+    }
+    log.info("imported %s: %s samples, %d items", folder, stats["samples"], n_items)
+    return items_table, splits, stats
