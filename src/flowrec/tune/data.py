@@ -1,0 +1,125 @@
+"""Training tensors of one split, built once before training: no file is read inside a step.
+
+Per sample: prompt ids (flowrec.prompts), target ids (the target title's path in the trie, so training
+targets and trie paths are the same ids), a loss weight (1, or IFairLRS's group weight) and, for
+Flower, the normalised SASRec score of every title for that sample's history (p_ui, method.md sec. 4).
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from flowrec.prompts import prompt_ids_batch
+from flowrec.sampling import left_pad, right_pad
+from flowrec.trie import Trie
+from flowrec.tune.losses import ifairlrs_weights, normalise_p_ui
+
+
+@dataclass
+class Batch:
+    """A micro batch on the model's device: prompts left-padded, targets right-padded."""
+
+    prompt_ids: torch.Tensor  # (B, P)
+    prompt_mask: torch.Tensor  # (B, P)
+    target_ids: torch.Tensor  # (B, T)
+    target_mask: torch.Tensor  # (B, T)
+    weights: torch.Tensor  # (B,)
+    p_ui: torch.Tensor | None  # (B, n_titles) normalised SASRec scores per title
+
+
+@dataclass
+class TuneData:
+    """Pre-tokenised samples (rows `rows` of a split, in that order)."""
+
+    rows: np.ndarray
+    prompts: list[torch.Tensor]
+    targets: list[torch.Tensor]
+    weights: torch.Tensor  # (n,) float32
+    target_titles: torch.Tensor  # (n,) title id of each target
+    p_ui: torch.Tensor | None = None  # (n, n_titles) float16
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def batch(self, index: np.ndarray | list[int], pad_id: int, device: torch.device | str = "cpu") -> Batch:
+        """Collate samples `index` (positions in this object, not split rows) into a Batch on `device`."""
+        prompt, prompt_mask = left_pad([self.prompts[i] for i in index], pad_id)
+        target, target_mask = right_pad([self.targets[i] for i in index], pad_id)
+        idx = torch.as_tensor(np.asarray(index), dtype=torch.long)
+        p_ui = self.p_ui[idx].to(device) if self.p_ui is not None else None
+        return Batch(
+            prompt.to(device),
+            prompt_mask.to(device),
+            target.to(device),
+            target_mask.to(device),
+            self.weights[idx].to(device),
+            p_ui,
+        )
+
+
+def title_scores(p_rows: np.ndarray, item_title: np.ndarray, n_titles: int) -> np.ndarray:
+    """Per-title score from per-item scores: the max over the items sharing a title, (N, n_items) ->
+    (N, n_titles). A title with no item gets 0."""
+    order = np.argsort(item_title, kind="stable")
+    sorted_titles = item_title[order]
+    starts = np.flatnonzero(np.r_[True, sorted_titles[1:] != sorted_titles[:-1]])
+    out = np.zeros((p_rows.shape[0], n_titles), dtype=np.float32)
+    out[:, sorted_titles[starts]] = np.maximum.reduceat(p_rows[:, order], starts, axis=1)
+    return out
+
+
+def load_p_ui(
+    path: str | Path, rows: np.ndarray, item_title: np.ndarray, n_titles: int, chunk: int = 4096
+) -> torch.Tensor:
+    """Normalised p_ui per title for split rows `rows`, read once from the float16 memmap (formats.md)."""
+    p = np.load(path, mmap_mode="r")
+    if p.ndim != 2 or p.shape[1] != len(item_title):
+        raise ValueError(f"{path}: expected shape (n_samples, {len(item_title)}), got {p.shape}")
+    if len(rows) and rows.max() >= p.shape[0]:
+        raise ValueError(f"{path}: has {p.shape[0]} rows, but sample {rows.max()} is needed")
+    parts = []
+    for start in range(0, len(rows), chunk):
+        block = torch.from_numpy(np.asarray(p[rows[start : start + chunk]], dtype=np.float32))
+        parts.append(title_scores(normalise_p_ui(block).numpy(), item_title, n_titles))
+    return torch.from_numpy(np.concatenate(parts) if parts else np.zeros((0, n_titles), np.float32)).half()
+
+
+def group_weights(train: pd.DataFrame, trie: Trie, groups: pd.DataFrame, shares: list[float]) -> np.ndarray:
+    """IFairLRS weight of every train sample (method.md sec. 5) from groups.parquet and groups.json shares.
+
+    The target share of a group is counted over all train targets (the whole split, not the subset).
+    """
+    group_of_title = np.full(len(trie.titles), len(shares) - 1, dtype=np.int64)
+    group_of_title[groups["title_id"].to_numpy()] = groups["group"].to_numpy()
+    target_groups = group_of_title[np.asarray(trie.item_title)[train["target"].to_numpy()]]
+    return ifairlrs_weights(target_groups, np.asarray(shares), len(shares))
+
+
+def build_tune_data(
+    split: pd.DataFrame,
+    rows: np.ndarray,
+    item_titles: list[str],
+    tokenizer,
+    trie: Trie,
+    max_history: int,
+    weights: np.ndarray | None = None,
+    p_ui_path: str | Path | None = None,
+) -> TuneData:
+    """Tokenise samples `rows` of a split once. `item_titles[item_id]` is the item's title; `weights` are
+    per split row (all ones when None); `p_ui_path` the split's p_ui file (Flower only)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    sub = split.iloc[rows]
+    item_title = np.asarray(trie.item_title)
+    titles = item_title[sub["target"].to_numpy()]
+    ptr, tokens = np.asarray(trie.title_ptr), np.asarray(trie.title_tokens)
+    histories = [[item_titles[i] for i in hist] for hist in sub["history"]]
+    prompts = [torch.tensor(p, dtype=torch.long) for p in prompt_ids_batch(tokenizer, histories, max_history)]
+    targets = [torch.from_numpy(tokens[ptr[t] : ptr[t + 1]].astype(np.int64)) for t in titles]
+    w = np.ones(len(rows), np.float32) if weights is None else np.asarray(weights, np.float32)[rows]
+    p_ui = load_p_ui(p_ui_path, rows, item_title, len(trie.titles)) if p_ui_path is not None else None
+    return TuneData(
+        rows, prompts, targets, torch.from_numpy(w), torch.from_numpy(titles.astype(np.int64)), p_ui
+    )

@@ -1,0 +1,94 @@
+"""Per-batch losses of the three methods: SFT (BIGRec, IFairLRS) and Flower (SFT + SubTB).
+
+Flower step (method.md sections 4 and 8), with the prompt encoded once:
+1. one forward of the left-padded prompts, with gradients -> KV cache + next-token logits;
+2. a title sampled on-policy (no gradients) from a detached copy of that cache, all samples in
+   parallel, constrained to the trie and to edges with positive flow (so every sample has a finite
+   reward: a zero-flow title has log R = -inf and no SubTB target);
+3. one forward, with gradients, of [target tokens ; sampled tokens] as a 2B batch on top of the prompt
+   cache repeated twice, so both losses send gradients into the prompt encoding.
+An SFT step is one forward of [prompt ; target]; logits are only computed where a loss needs them.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from flowrec.sampling import copy_cache, encode_prompts, position_ids, sample_continuations
+from flowrec.trie import Trie
+from flowrec.tune.data import Batch
+from flowrec.tune.losses import process_log_rewards, sft_loss, subtb_loss, token_log_probs
+
+
+@dataclass
+class FlowerObjective:
+    """What a Flower step needs besides the batch (from the `flower:` and `trie:` config blocks)."""
+
+    trie: Trie
+    reward: str = "div"
+    sample_temperature: float = 1.0
+    granularity: int = 1
+
+
+def pad_to(x: torch.Tensor, length: int, value: float) -> torch.Tensor:
+    """Right-pad the last dimension of (B, T) to `length`."""
+    return torch.nn.functional.pad(x, (0, length - x.shape[-1]), value=value)
+
+
+def sft_losses(model, batch: Batch) -> torch.Tensor:
+    """Per-sample (weighted) SFT loss (B,): cross-entropy on the target tokens only."""
+    ids = torch.cat([batch.prompt_ids, batch.target_ids], dim=1)
+    mask = torch.cat([batch.prompt_mask, batch.target_mask], dim=1)
+    n_target = batch.target_ids.shape[1]
+    # Logits of the last T+1 positions: position P-1+t predicts target token t; the last is unused.
+    out = model(
+        input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), logits_to_keep=n_target + 1
+    )
+    logp = token_log_probs(out.logits[:, :-1], batch.target_ids)  # (B, T)
+    return sft_loss(logp, batch.target_mask, batch.weights)
+
+
+def flower_losses(
+    model, batch: Batch, objective: FlowerObjective, pad_id: int, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample (SFT loss (B,), SubTB loss (B,)) of one Flower step; see the module docstring."""
+    size, prompt_len = batch.prompt_ids.shape
+    cache, first_logits = encode_prompts(model, batch.prompt_ids, batch.prompt_mask)  # (B, V) with grad
+    sampled = sample_continuations(
+        model,
+        objective.trie,
+        copy_cache(cache, detach=True),
+        batch.prompt_mask,
+        first_logits.detach(),
+        pad_id,
+        temperature=objective.sample_temperature,
+        require_flow=True,
+        generator=generator,
+    )
+    length = max(batch.target_ids.shape[1], sampled.tokens.shape[1])
+    target, target_mask = pad_to(batch.target_ids, length, pad_id), pad_to(batch.target_mask, length, 0)
+    sample_ids, sample_mask = pad_to(sampled.tokens, length, pad_id), pad_to(sampled.mask.long(), length, 0)
+    cont = torch.cat([target, sample_ids])  # (2B, L)
+    cont_mask = torch.cat([target_mask, sample_mask])
+    logits = first_logits.repeat(2, 1).unsqueeze(1)  # (2B, 1, V): predicts token 0
+    if length > 1:
+        # The last token's output predicts nothing, so it is not fed.
+        full_mask = torch.cat([batch.prompt_mask.repeat(2, 1), cont_mask[:, :-1]], dim=1)
+        out = model(
+            input_ids=cont[:, :-1],
+            attention_mask=full_mask,
+            position_ids=position_ids(full_mask)[:, prompt_len:],
+            past_key_values=copy_cache(cache, repeat=2),
+            use_cache=True,
+        )
+        logits = torch.cat([logits, out.logits], dim=1)  # (2B, L, V)
+    logp = token_log_probs(logits, cont)  # (2B, L)
+    sft = sft_loss(logp[:size], target_mask, batch.weights)
+    edge = pad_to(sampled.edge_log_reward, length, 0.0).to(logp.dtype)
+    p_ui = None
+    if batch.p_ui is not None:
+        rows = torch.arange(size, device=batch.p_ui.device)
+        p_ui = batch.p_ui[rows, sampled.title_ids.to(batch.p_ui.device)].float().to(logp.device)
+    log_reward = process_log_rewards(edge, p_ui, objective.reward)
+    subtb = subtb_loss(logp[size:], log_reward, sample_mask, objective.granularity)
+    return sft, subtb

@@ -1,0 +1,152 @@
+"""One tuning job end to end (load, build tensors, train, save), in one process or under torchrun.
+
+`python -m flowrec.tune.run job.json` is the torchrun target: with WORLD_SIZE > 1 it joins the process
+group (gloo on CPU, nccl on CUDA, one GPU per local rank) and every rank trains on its slice of each
+global batch; rank 0 writes the outputs. `launch(job, nproc)` runs the job in this process when
+nproc is 1, else under `torch.distributed.run --standalone` on this machine.
+"""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+
+from flowrec.model import ModelSettings, load_base_model, load_tokenizer, save_tuned
+from flowrec.subsets import seeded_subset
+from flowrec.trie import Trie
+from flowrec.tune.data import build_tune_data, group_weights
+from flowrec.tune.forward import FlowerObjective
+from flowrec.tune.loop import METHODS, FlowerSettings, TrainPaths, TuneSettings, train, world
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TuneJob:
+    """Everything one tuning rule needs: input and output paths and its config blocks."""
+
+    method: str
+    data_dir: str  # results/{dataset}/data (items, train, valid parquet)
+    trie: str  # results/{dataset}/trie/trie.npz
+    model_dir: str  # output: flowrec.model.save_tuned folder
+    log_csv: str
+    loss_png: str
+    checkpoints: str
+    model: dict
+    prompt: dict
+    tune: dict
+    flower: dict | None = None
+    granularity: int = 1
+    groups: str | None = None  # groups.parquet (IFairLRS)
+    groups_json: str | None = None  # groups.json (IFairLRS)
+    p_ui_train: str | None = None  # sasrec/p_ui_train.npy (Flower)
+    device: str | None = None  # default: cuda:{LOCAL_RANK} when CUDA is available, else cpu
+
+
+def _device(job: TuneJob) -> torch.device:
+    if job.device:
+        return torch.device(job.device)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def run_job(job: TuneJob) -> dict:
+    """Train `job.method` and (rank 0) save the model; returns a summary for the log."""
+    if job.method not in METHODS:
+        raise ValueError(f"unknown tuning method {job.method!r}; expected one of {METHODS}")
+    settings = TuneSettings.from_config(job.tune)
+    model_settings = ModelSettings.from_config(job.model)
+    flower = FlowerSettings.from_config(job.flower or {})
+    max_history = int(job.prompt.get("max_history", 10))
+    device = _device(job)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    data = Path(job.data_dir)
+    items = pd.read_parquet(data / "items.parquet").sort_values("item_id")
+    if not np.array_equal(items["item_id"].to_numpy(), np.arange(len(items))):
+        raise ValueError(f"{data / 'items.parquet'}: item_id must be 0..N-1")
+    item_titles = items["title"].tolist()
+    train_split = pd.read_parquet(data / "train.parquet")
+    valid_split = pd.read_parquet(data / "valid.parquet")
+    trie = Trie.load(job.trie)
+    tokenizer = load_tokenizer(model_settings.name_or_path)
+    weights = None
+    if job.method == "ifairlrs":
+        shares = json.loads(Path(job.groups_json).read_text())["shares"]
+        weights = group_weights(train_split, trie, pd.read_parquet(job.groups), shares)
+    train_rows = seeded_subset(len(train_split), settings.train_samples, settings.seed)
+    valid_rows = seeded_subset(len(valid_split), settings.valid_samples, settings.seed)
+    p_ui = job.p_ui_train if job.method == "flower" and flower.reward != "plain" else None
+    train_data = build_tune_data(
+        train_split, train_rows, item_titles, tokenizer, trie, max_history, weights, p_ui
+    )
+    valid_data = build_tune_data(valid_split, valid_rows, item_titles, tokenizer, trie, max_history)
+    log.info(
+        "%s: %d train / %d valid samples, device %s, world %d",
+        job.method,
+        len(train_data),
+        len(valid_data),
+        device,
+        world()[1],
+    )
+    model = load_base_model(
+        model_settings.name_or_path, model_settings.lora_settings(), device=device, seed=settings.seed
+    )
+    objective = None
+    if job.method == "flower":
+        objective = FlowerObjective(trie, flower.reward, flower.sample_temperature, job.granularity)
+    paths = TrainPaths(Path(job.checkpoints), Path(job.log_csv), Path(job.loss_png))
+    result = train(
+        model, job.method, train_data, valid_data, settings, paths, tokenizer.pad_token_id, flower, objective
+    )
+    if world()[0] == 0:
+        save_tuned(model, tokenizer, job.model_dir, model_settings.name_or_path)
+    return {
+        "best_epoch": result.best_epoch,
+        "best_valid_loss": result.best_valid_loss,
+        "epochs_run": result.epochs_run,
+    }
+
+
+def launch(job: TuneJob, nproc: int = 1) -> None:
+    """Run `job` here (nproc 1) or as `nproc` torchrun processes on this machine."""
+    if nproc <= 1:
+        log.info("summary: %s", run_job(job))
+        return
+    spec = Path(job.checkpoints) / "job.json"
+    spec.parent.mkdir(parents=True, exist_ok=True)
+    spec.write_text(json.dumps(asdict(job), indent=2))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    cmd += ["-m", "flowrec.tune.run", str(spec)]
+    log.info("launching: %s", " ".join(cmd))
+    subprocess.run(cmd, check=True)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) != 1:
+        raise SystemExit("usage: python -m flowrec.tune.run JOB.json   (normally through torchrun)")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    job = TuneJob(**json.loads(Path(argv[0]).read_text()))
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed:
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    try:
+        summary = run_job(job)
+        if world()[0] == 0:
+            log.info("summary: %s", summary)
+    finally:
+        if distributed:
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
