@@ -1,0 +1,263 @@
+"""Amazon 2018 parsing and the protocol on a hand-made fixture; the resumable download."""
+
+import gzip
+import hashlib
+import json
+import logging
+import threading
+from collections import Counter
+from functools import partial
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from flowrec.data import DatasetSettings, prepare
+from flowrec.data.amazon import download_file, read_reviews
+
+LOW = 1514764800  # 2018-01-01 00:00 UTC = start of window_start "2018-01"
+HIGH = 1519862400  # 2018-03-01 00:00 UTC = start of window_end "2018-03" (inclusive)
+
+
+def day(n: int) -> int:
+    return LOW + n * 86400
+
+
+META = [
+    {"asin": "A1", "title": "Alpha"},
+    {"asin": "A2", "title": "  Beta &amp; Gamma "},  # unescaped and stripped
+    {"asin": "A3", "title": '"Gamma"'},  # quotes stripped
+    {"asin": "A4", "title": '<span class="a-size-medium a-color-secondary a-text-normal'},  # junk markup
+    {"asin": "A5", "title": " ".join(["word"] * 21)},  # over max_title_words = 20
+    {"asin": "A6", "title": "Delta"},
+    {"asin": "A7", "title": "X"},  # one character
+    '{"asin": "A8", "title": ',  # malformed line (line 8)
+    {"asin": "A9"},  # no title
+    {"asin": "A1", "title": "Other"},  # duplicate asin: the first title stays
+    {"asin": "A10", "title": "Epsilon"},
+]
+
+REVIEWS = [
+    {"reviewerID": "u1", "asin": "A10", "unixReviewTime": LOW, "overall": 5.0},  # on the lower bound: kept
+    {"reviewerID": "u1", "asin": "A1", "unixReviewTime": day(1), "overall": 4.0},
+    {"reviewerID": "u1", "asin": "A2", "unixReviewTime": day(2), "overall": 3.0},
+    {"reviewerID": "u1", "asin": "A3", "unixReviewTime": day(3), "overall": 2.0},
+    {"reviewerID": "u1", "asin": "A5", "unixReviewTime": day(13), "overall": 5.0},  # item title too long
+    {"reviewerID": "u1", "asin": "A99", "unixReviewTime": day(14), "overall": 5.0},  # no metadata
+    {"reviewerID": "u2", "asin": "A1", "unixReviewTime": day(4), "overall": 5.0},
+    {"reviewerID": "u2", "asin": "A2", "unixReviewTime": day(5), "overall": 5.0},
+    {"reviewerID": "u2", "asin": "A2", "unixReviewTime": day(6), "overall": 1.0},  # repeat: earliest kept
+    {"reviewerID": "u2", "asin": "A10", "unixReviewTime": LOW - 1, "overall": 5.0},  # before the window
+    {"reviewerID": "u2", "asin": "A10", "unixReviewTime": HIGH + 1, "overall": 5.0},  # after the window
+    {"reviewerID": "u3", "asin": "A2", "unixReviewTime": day(7), "overall": 5.0},
+    {"reviewerID": "u3", "asin": "A3", "unixReviewTime": day(8), "overall": 5.0},
+    {"reviewerID": "u3", "asin": "A1", "unixReviewTime": day(8), "overall": 5.0},  # same time: file order
+    {"reviewerID": "u3", "asin": "A10", "unixReviewTime": HIGH, "overall": 5.0},  # on the upper bound: kept
+    # k-core cascade (k=2): u5 has one usable review (A4 has a junk title) -> u5 goes; then A6 has one
+    # review -> A6 goes; then u4 has one -> u4 goes. Neither u4 nor A6 is below k at the start.
+    {"reviewerID": "u4", "asin": "A6", "unixReviewTime": day(9), "overall": 5.0},
+    {"reviewerID": "u4", "asin": "A1", "unixReviewTime": day(10), "overall": 5.0},
+    {"reviewerID": "u5", "asin": "A6", "unixReviewTime": day(11), "overall": 5.0},
+    {"reviewerID": "u5", "asin": "A4", "unixReviewTime": day(12), "overall": 5.0},
+    "not json at all",  # malformed line (line 20)
+    {"reviewerID": "u1", "asin": "A1"},  # no unixReviewTime
+]
+
+
+def write_jsonl_gz(path, rows) -> str:
+    with gzip.open(path, "wt", encoding="utf-8") as out:
+        for row in rows:
+            out.write((row if isinstance(row, str) else json.dumps(row)) + "\n")
+    return str(path)
+
+
+@pytest.fixture
+def amazon_files(tmp_path):
+    return {
+        "reviews": write_jsonl_gz(tmp_path / "Toy.json.gz", REVIEWS),
+        "meta": write_jsonl_gz(tmp_path / "meta_Toy.json.gz", META),
+    }
+
+
+SETTINGS = dict(
+    source="amazon",
+    category="Toy",
+    window_start="2018-01",
+    window_end="2018-03",
+    k_core=2,
+    max_history=2,
+    split=[0.6, 0.2, 0.2],
+    seed=3,
+)
+
+
+def test_fixture_gives_hand_worked_items_samples_and_split(amazon_files, caplog):
+    with caplog.at_level(logging.WARNING, logger="flowrec"):
+        data = prepare(DatasetSettings.from_dict(SETTINGS), amazon_files)
+    # Sorted source ids A1, A10, A2, A3; default_rng(3).permutation(4) orders them A3, A2, A10, A1.
+    assert data.items.to_pydict() == {
+        "item_id": [0, 1, 2, 3],
+        "title": ["Gamma", "Beta & Gamma", "Epsilon", "Alpha"],
+        "source_id": ["A3", "A2", "A10", "A1"],
+    }
+    # A3=0, A2=1, A10=2, A1=3. u1: A10 A1 A2 A3; u2: A1 A2; u3: A2 A3 A1 (tie, file order) A10.
+    # 7 samples sorted by target time; [0.6, 0.2, 0.2] -> floor(4.2)=4 / floor(1.4)=1 / rest 2.
+    cols = ["user", "history", "target", "timestamp"]
+    assert data.splits["train"].select(cols).to_pylist() == [
+        {"user": "u1", "history": [2], "target": 3, "timestamp": day(1)},
+        {"user": "u1", "history": [2, 3], "target": 1, "timestamp": day(2)},
+        {"user": "u1", "history": [3, 1], "target": 0, "timestamp": day(3)},
+        {"user": "u2", "history": [3], "target": 1, "timestamp": day(5)},
+    ]
+    assert data.splits["valid"].select(cols).to_pylist() == [
+        {"user": "u3", "history": [1], "target": 0, "timestamp": day(8)},
+    ]
+    assert data.splits["test"].select(cols).to_pylist() == [
+        {"user": "u3", "history": [1, 0], "target": 3, "timestamp": day(8)},
+        {"user": "u3", "history": [0, 3], "target": 2, "timestamp": HIGH},
+    ]
+    assert data.splits["train"].column("rating").to_pylist() == [4.0, 3.0, 2.0, 5.0]  # earliest u2/A2 kept
+    stats = data.stats
+    assert (stats["users"], stats["items"], stats["interactions"]) == (3, 4, 10)
+    assert stats["samples"] == {"train": 4, "valid": 1, "test": 2}
+    assert stats["dropped"] == {
+        "meta_malformed_line": 1,
+        "meta_title_missing": 1,
+        "meta_duplicate_asin": 1,
+        "meta_title_html": 1,
+        "meta_title_too_long": 1,
+        "meta_title_too_short": 1,
+        "review_malformed_line": 1,
+        "review_missing_field": 1,
+        "outside_window": 2,
+        "review_item_title_dropped": 2,
+        "review_item_no_metadata": 1,
+        "duplicate_user_item": 1,
+        "k_core": 3,
+    }
+    assert f"{amazon_files['meta']}:8: skipped malformed line" in caplog.text
+    assert f"{amazon_files['reviews']}:20: skipped malformed line" in caplog.text
+    assert f"{amazon_files['reviews']}:21: missing or invalid unixReviewTime" in caplog.text
+
+
+def test_same_seed_same_split_other_seed_other_ids(amazon_files):
+    first = prepare(DatasetSettings.from_dict(SETTINGS), amazon_files)
+    again = prepare(DatasetSettings.from_dict(SETTINGS), amazon_files)
+    other = prepare(DatasetSettings.from_dict({**SETTINGS, "seed": 4}), amazon_files)
+    for name in ("train", "valid", "test"):
+        assert first.splits[name].equals(again.splits[name])
+    assert first.items.equals(again.items)
+    assert first.items.column("source_id").to_pylist() != other.items.column("source_id").to_pylist()
+
+
+def test_window_or_k_core_that_empties_the_data_names_the_settings(amazon_files):
+    with pytest.raises(ValueError, match="k_core"):
+        prepare(DatasetSettings.from_dict({**SETTINGS, "k_core": 50}), amazon_files)
+    with pytest.raises(ValueError, match="window"):
+        prepare(
+            DatasetSettings.from_dict({**SETTINGS, "window_start": "2019-01", "window_end": "2019-02"}),
+            amazon_files,
+        )
+
+
+def test_unknown_setting_is_named():
+    with pytest.raises(ValueError, match="kcore"):
+        DatasetSettings.from_dict({**SETTINGS, "kcore": 5}, "toy")
+
+
+def test_reviews_are_streamed_not_listed(amazon_files, monkeypatch):
+    """Memory bound by design: the parser pulls lines from the gzip stream one at a time."""
+    pulled = []
+    real_open = gzip.open
+
+    def spy_open(*args, **kwargs):
+        stream = real_open(*args, **kwargs)
+        assert not hasattr(stream, "__len__")
+
+        def lines():
+            for line in stream:
+                pulled.append(1)
+                yield line
+
+        class Stream:
+            def __enter__(self):
+                return lines()
+
+            def __exit__(self, *exc):
+                stream.close()
+
+        return Stream()
+
+    monkeypatch.setattr(gzip, "open", spy_open)
+    frame = read_reviews(amazon_files["reviews"], {"A1": "Alpha"}, set(), Counter())
+    assert len(pulled) == len(REVIEWS) and len(frame) == 4
+
+
+# ---- resumable download against a local HTTP server ----
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def __init__(self, *args, payload: bytes, log: list, **kwargs):
+        self.payload, self.requests = payload, log
+        super().__init__(*args, **kwargs)
+
+    def log_message(self, *args):  # keep pytest output clean
+        pass
+
+    def do_GET(self):  # noqa: N802 (http.server's name)
+        self.requests.append(self.headers.get("Range"))
+        start = int(self.headers["Range"][6:-1]) if self.headers.get("Range") else 0
+        body = self.payload[start:]
+        self.send_response(206 if start else 200)
+        if start:
+            self.send_header("Content-Range", f"bytes {start}-{len(self.payload) - 1}/{len(self.payload)}")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if len(self.requests) == 1:  # first request: drop the connection halfway
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def serve():
+    servers = []
+
+    def start(payload: bytes):
+        requests: list = []
+        server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_Handler, payload=payload, log=requests))
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}/file.json.gz", requests
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def test_download_resumes_after_a_dropped_connection(serve, tmp_path):
+    payload = gzip.compress(b"".join(json.dumps({"asin": f"B{i}"}).encode() + b"\n" for i in range(20000)))
+    url, requests = serve(payload)
+    dest = tmp_path / "raw" / "Toy.json.gz"
+    download_file(url, dest, sha256=hashlib.sha256(payload).hexdigest(), backoff_s=0.01)
+    assert dest.read_bytes() == payload
+    assert requests[0] is None and requests[1] == f"bytes={len(payload) // 2}-"
+    assert not (tmp_path / "raw" / "Toy.json.gz.part").exists()
+
+
+@pytest.mark.parametrize("kind", ["not_gzip", "truncated_gzip", "wrong_sha256"])
+def test_download_rejects_a_bad_file_and_leaves_no_final_file(serve, tmp_path, kind):
+    whole = gzip.compress(b'{"asin": "B1"}\n' * 5000)
+    payload = {"not_gzip": b"<html>Not Found</html>" * 100, "truncated_gzip": whole[: len(whole) - 40]}.get(
+        kind, whole
+    )
+    url, _ = serve(payload)
+    dest = tmp_path / "Toy.json.gz"
+    with pytest.raises(
+        ValueError, match="sha256" if kind == "wrong_sha256" else "not a complete gzip"
+    ) as err:
+        download_file(url, dest, sha256="0" * 64 if kind == "wrong_sha256" else None, backoff_s=0.01)
+    assert url in str(err.value)
+    assert not dest.exists() and not (tmp_path / "Toy.json.gz.part").exists()
