@@ -1,23 +1,14 @@
 # Metrics of every method's test predictions (method.md section 6): HR/NDCG, DGU/MGU, H/TTR, coverage.
 
 
-def check_metric_cutoffs(metrics, decode):
-    """Refuse at workflow start any @K above the returned list (the published code reported @20 of 10)."""
-    for name in ("ks", "fairness_ks"):
-        too_large = [k for k in metrics[name] if k > decode["num_return"]]
-        if too_large:
-            raise ValueError(
-                f"config: metrics.{name} {metrics[name]} has K={too_large} larger than "
-                f"decode.num_return={decode['num_return']}; lower the K or return more titles"
-            )
-
-
-check_metric_cutoffs(config["metrics"], config["decode"])
-
-
-def get_eval_decode_settings():
-    """The decode settings the metrics depend on: which test samples count, and the list length."""
-    return {key: config["decode"][key] for key in ("test_samples", "seed", "num_return")}
+# Refuse at workflow start any @K above the returned list (the published code reported @20 from 10 beams).
+for _name in ("ks", "fairness_ks"):
+    _too_large = [k for k in config["metrics"][_name] if k > config["decode"]["num_return"]]
+    if _too_large:
+        raise ValueError(
+            f"config: metrics.{_name} {config['metrics'][_name]} has K={_too_large} larger than "
+            f"decode.num_return={config['decode']['num_return']}; lower the K or return more titles"
+        )
 
 
 rule evaluate_method:
@@ -26,7 +17,7 @@ rule evaluate_method:
     input:
         predictions="results/{dataset}/predictions/{method}.parquet",
         test="results/{dataset}/data/test.parquet",
-        items="results/{dataset}/data/items.parquet",
+        item_titles="results/{dataset}/data/items.parquet",
         groups="results/{dataset}/trie/groups.parquet",
         group_shares="results/{dataset}/trie/groups.json",
         code=["src/flowrec/metrics.py", "src/flowrec/subsets.py"],
@@ -38,7 +29,8 @@ rule evaluate_method:
         "benchmarks/evaluate_method/{dataset}/{method}.tsv"
     params:
         metrics=config["metrics"],
-        decode=get_eval_decode_settings(),
+        # the decode settings the metrics depend on: which test samples count, and the list length
+        decode={key: config["decode"][key] for key in ("test_samples", "seed", "num_return")},
     threads: 1
     resources:
         mem_mb=2000,

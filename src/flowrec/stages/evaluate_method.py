@@ -34,7 +34,7 @@ def main(snakemake) -> None:
     metrics = evaluate_prediction_files(
         predictions=snakemake.input.predictions,
         test=snakemake.input.test,
-        items=snakemake.input.items,
+        items=snakemake.input.item_titles,
         groups=snakemake.input.groups,
         groups_json=snakemake.input.group_shares,
         settings=settings,
