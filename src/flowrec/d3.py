@@ -1,0 +1,69 @@
+"""D3's text-free assistant (Bao et al. 2024, "Decoding Matters"; method.md section 5).
+
+At each trie node s, the assistant scores a child token a by the share of SASRec's probability mass
+that lies below the child: p_assist(a | s) = mass(s + a) / mass(s), where mass(node) is the sum of
+SASRec's p_ui over the items whose titles lie below that node. The decoder mixes it with the LLM:
+score(a) = g * log p_LLM(a | x, s) + (1 - g) * log p_assist(a | s); g = 1 switches the assistant off
+(the value the published D3 scripts leave it at).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from flowrec.trie import Trie
+
+# SASRec's p_ui is stored as float16, whose smallest positive value is ~6e-8: unlikely items round to 0.
+# Every title gets this floor so that no allowed child has zero assistant mass (log 0 would forbid a
+# title the trie allows, and a zero-mass node would give 0/0).
+ASSIST_FLOOR = 1e-12
+
+
+def title_masses(item_scores: np.ndarray, item_title: np.ndarray, n_titles: int) -> np.ndarray:
+    """Per-title probability mass (n, n_titles) float64: p_ui summed over the items sharing a title.
+
+    item_scores: (n, n_items) SASRec probabilities (rows of p_ui_{split}.npy, any float dtype);
+    item_title: (n_items,) title id of each item id (Trie.item_title); items with -1 have no title.
+    """
+    scores = torch.as_tensor(np.asarray(item_scores, dtype=np.float64))  # (n, n_items)
+    item_title = torch.as_tensor(np.asarray(item_title, dtype=np.int64))  # (n_items,)
+    if scores.ndim != 2 or scores.shape[1] != item_title.shape[0]:
+        raise ValueError(
+            f"title_masses: item scores of shape {tuple(scores.shape)} do not match {item_title.shape[0]} items "
+            "of the trie (expected (n_samples, n_items))"
+        )
+    keep = item_title >= 0
+    masses = torch.zeros(scores.shape[0], n_titles, dtype=torch.float64)
+    masses.index_add_(1, item_title[keep], scores[:, keep])
+    return masses.numpy()
+
+
+def assistant_log_probs(
+    trie: Trie, title_scores: torch.Tensor, nodes: torch.Tensor, allowed: torch.Tensor
+) -> torch.Tensor:
+    """log p_assist(child | node) for every allowed token of every beam, (B, V); 0 where not allowed.
+
+    title_scores: (B, n_titles) strictly positive mass of each title for the beam's prompt;
+    nodes: (B,) trie node of each beam; allowed: (B, V) bool, Trie.allowed_mask(nodes, V).
+    Children are gathered into a (B, width) grid (width = most children of any beam) so that one
+    Trie.subtree_mass call prices all of them; no loop over beams or tokens.
+    """
+    n_beams = nodes.shape[0]
+    beam, token = allowed.nonzero(as_tuple=True)  # (E,), grouped by beam in ascending order
+    out = torch.zeros(allowed.shape, dtype=title_scores.dtype, device=allowed.device)
+    if beam.numel() == 0:
+        return out
+    children = trie.step(nodes[beam], token)  # (E,)
+    counts = allowed.sum(dim=1)  # (B,)
+    first = counts.cumsum(0) - counts  # (B,) index of each beam's first edge in `beam`
+    column = torch.arange(beam.numel(), device=beam.device) - first[beam] + 1  # column 0: the node itself
+    grid = nodes.new_zeros(n_beams, int(counts.max()) + 1)  # padding: root (any valid node)
+    grid[:, 0] = nodes
+    grid[beam, column] = children
+    mass = trie.subtree_mass(title_scores, grid)  # (B, width + 1)
+    out[beam, token] = torch.log(mass[beam, column]) - torch.log(mass[beam, 0])
+    return out
+
+
+__all__ = ["ASSIST_FLOOR", "assistant_log_probs", "title_masses"]

@@ -1,0 +1,342 @@
+"""Trie-constrained batched beam search (method.md sections 1 and 5): BIGRec, Temp, D3, IFairLRS, Flower.
+
+Every decoded title is a real item: at each step a beam may only take a token that continues a path
+of the trie, and a beam finishes exactly when it reaches a leaf (every title ends with "\\n" + EOS, so
+titles that are prefixes of others, "Back to the Future" / "Back to the Future II", are distinct
+leaves). Beams of one prompt follow distinct trie paths, so the returned titles are distinct.
+
+Cost (method.md section 8): the published decoder runs one prompt at a time and prefills it once per
+beam. Here prompts are batched (left padding, attention mask, positions counted over real tokens),
+each prompt is encoded once and its KV cache repeated to its beams, and every later step feeds one
+token per beam on top of the cache; the trie constraint is one boolean (beams, V) mask a step.
+
+Scores: sum of log-probabilities of the generated tokens (temperature divides the logits before the
+log-softmax), divided by the number of generated tokens when `length_normalise` (Hugging Face's
+default length_penalty=1). D3 turns the normalisation off and mixes in SASRec's assistant
+(flowrec.d3): g * log p_LLM + (1 - g) * log p_assist.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, fields
+
+import numpy as np
+import pyarrow as pa
+import torch
+from tqdm.auto import tqdm
+from transformers import DynamicCache
+
+from flowrec.d3 import ASSIST_FLOOR, assistant_log_probs
+from flowrec.trie import Trie
+
+log = logging.getLogger(__name__)
+
+Ranked = list[tuple[int, float]]  # (title id, score), best first
+
+
+@dataclass
+class DecodeSettings:
+    """How one method decodes: the `decode:` config block resolved per method by rules/infer.smk.
+
+    test_samples, seed, num_beams, num_return, batch_size are the block's keys of those names;
+    temperature (Temp: decode.temp_temperature, else 1), length_normalise (false for D3) and
+    assistant_weight (D3's g: decode.d3_weight for d3, 1 for d3_noassist; null: no assistant).
+    """
+
+    test_samples: int | None = None
+    seed: int = 42
+    num_beams: int = 10
+    num_return: int = 10
+    batch_size: int = 8
+    temperature: float = 1.0
+    length_normalise: bool = True
+    assistant_weight: float | None = None
+
+    @classmethod
+    def from_params(cls, params: dict) -> DecodeSettings:
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(params) - set(names))
+        if unknown:
+            raise ValueError(f"decode settings: unknown key(s) {unknown}; expected {names}")
+        return cls(**params)
+
+
+def left_pad(prompts: list[list[int]], pad_token_id: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Left-padded ids (P, L), attention mask (P, L) and position ids (P, L) counted over real tokens."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt) :] = torch.as_tensor(prompt, dtype=torch.long)
+        mask[row, width - len(prompt) :] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return ids.to(device), mask.to(device), positions.to(device)
+
+
+def max_leaf_depth(trie: Trie) -> np.ndarray:
+    """(n_nodes,) depth of the deepest leaf below each node: the longest title a beam there can end in.
+
+    Titles are numbered in DFS order, so a node's titles are [leaf_start, leaf_end) and one reduceat
+    over the titles' leaf depths gives every node's maximum.
+    """
+    leaves = np.flatnonzero(trie.node_title >= 0)
+    depth_of_title = np.zeros(len(trie.titles) + 1, dtype=np.int64)  # + sentinel: reduceat index n_titles
+    depth_of_title[trie.node_title[leaves]] = trie.depth[leaves]
+    bounds = np.stack([trie.leaf_start, trie.leaf_end], axis=1).ravel()
+    return np.maximum.reduceat(depth_of_title, bounds)[::2]
+
+
+class _TrieArrays:
+    """The numpy arrays the search reads besides the Trie's own torch methods, as tensors on `device`."""
+
+    def __init__(self, trie: Trie, device: torch.device, length_normalise: bool):
+        self.node_title = torch.as_tensor(np.asarray(trie.node_title, dtype=np.int64), device=device)
+        self.max_depth = (
+            torch.as_tensor(max_leaf_depth(trie), dtype=torch.float64, device=device)
+            if length_normalise
+            else None
+        )
+
+
+def _model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.inference_mode()
+def constrained_beam_search(
+    model,
+    prompts: list[list[int]],
+    trie: Trie,
+    *,
+    num_beams: int = 10,
+    num_return: int = 10,
+    batch_size: int = 8,
+    temperature: float = 1.0,
+    length_normalise: bool = True,
+    assistant_title_scores: np.ndarray | None = None,
+    assistant_weight: float = 1.0,
+    pad_token_id: int = 0,
+    progress: bool = False,
+) -> list[Ranked]:
+    """Beam search over the trie's titles for each prompt: a ranked list of (title_id, score) per prompt.
+
+    prompts: token ids per prompt (flowrec.prompts.prompt_ids); the decoded titles continue them at id
+    level exactly as the SFT targets do. Returns min(num_return, titles reachable) distinct titles per
+    prompt, best first. assistant_title_scores: (n_prompts, n_titles) SASRec mass per title (D3,
+    flowrec.d3.title_masses), mixed with weight g = assistant_weight (method.md section 5).
+    """
+    if not prompts:
+        return []
+    if num_return > num_beams:
+        raise ValueError(f"constrained_beam_search: num_return={num_return} exceeds num_beams={num_beams}")
+    if temperature <= 0:
+        raise ValueError(f"constrained_beam_search: temperature must be > 0, got {temperature}")
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("constrained_beam_search: empty prompt (every prompt needs at least one token)")
+    if assistant_title_scores is not None:
+        if not 0.0 <= assistant_weight <= 1.0:
+            raise ValueError(
+                f"constrained_beam_search: assistant_weight must be in [0, 1], got {assistant_weight}"
+            )
+        if assistant_title_scores.shape != (len(prompts), len(trie.titles)):
+            raise ValueError(
+                f"constrained_beam_search: assistant_title_scores has shape {assistant_title_scores.shape}, "
+                f"expected (n_prompts, n_titles) = {(len(prompts), len(trie.titles))}"
+            )
+    device = _model_device(model)
+    arrays = _TrieArrays(trie, device, length_normalise)
+    # Longest prompts first: batches of similar lengths pad little, and memory peaks on the first batch.
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    results: list[Ranked | None] = [None] * len(prompts)
+    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    for batch in tqdm(batches, desc="decode batches", disable=not progress):
+        title_scores = None
+        if assistant_title_scores is not None:
+            rows = np.asarray(assistant_title_scores[batch], dtype=np.float64)
+            title_scores = torch.as_tensor(rows, device=device) + ASSIST_FLOOR
+        ranked = _search_batch(
+            model,
+            [prompts[i] for i in batch],
+            trie,
+            arrays,
+            num_beams=num_beams,
+            temperature=temperature,
+            length_normalise=length_normalise,
+            title_scores=title_scores,
+            assistant_weight=assistant_weight,
+            pad_token_id=pad_token_id,
+        )
+        for i, titles in zip(batch, ranked, strict=True):
+            results[i] = titles[:num_return]
+    return results  # type: ignore[return-value]
+
+
+def _search_batch(
+    model,
+    prompts: list[list[int]],
+    trie: Trie,
+    arrays: _TrieArrays,
+    *,
+    num_beams: int,
+    temperature: float,
+    length_normalise: bool,
+    title_scores: torch.Tensor | None,
+    assistant_weight: float,
+    pad_token_id: int,
+) -> list[Ranked]:
+    """One batch of prompts; returns up to num_beams ranked titles per prompt."""
+    device = _model_device(model)
+    k = num_beams
+    ids, mask, positions = left_pad(prompts, pad_token_id, device)
+    out = model(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=positions,
+        past_key_values=DynamicCache(),
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    # Encode each prompt once, then repeat its cache to its beams (rows p*k ... p*k + k-1).
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(k)
+    logits = out.logits[:, -1].repeat_interleave(k, dim=0)  # (P*k, V)
+    mask = mask.repeat_interleave(k, dim=0)  # (P*k, L)
+    next_position = (positions[:, -1] + 1).repeat_interleave(k)  # (P*k,)
+    vocab = logits.shape[-1]
+    # Log-softmax and scores in fp32 at least (bf16 logits on GPU), fp64 when the model runs in fp64.
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+
+    n_prompts = len(prompts)
+    active = torch.arange(n_prompts, device=device)  # prompts still searching; row block i <-> active[i]
+    nodes = torch.zeros(n_prompts * k, dtype=torch.long, device=device)  # all beams at the root
+    beam_scores = torch.full((n_prompts, k), -math.inf, dtype=dtype, device=device)
+    beam_scores[:, 0] = 0.0  # one live beam per prompt at first; the others are empty slots
+    pool_scores = torch.full((n_prompts, k), -math.inf, dtype=dtype, device=device)
+    pool_titles = torch.full((n_prompts, k), -1, dtype=torch.long, device=device)
+    n_candidates = min(2 * k, k * vocab)
+    step = 0
+    while True:
+        step += 1  # tokens generated once this step's token is taken
+        n_active = active.shape[0]
+        logp = torch.log_softmax(logits.to(dtype) / temperature, dim=-1)  # (R, V), R = n_active * k
+        allowed = trie.allowed_mask(nodes, vocab)  # (R, V)
+        if title_scores is not None:
+            assist = assistant_log_probs(
+                trie, title_scores[active].repeat_interleave(k, dim=0), nodes, allowed
+            )
+            logp = assistant_weight * logp + (1.0 - assistant_weight) * assist.to(dtype)
+        logp = logp.masked_fill(~allowed, -math.inf)
+        candidates = (beam_scores.reshape(-1, 1) + logp).reshape(n_active, k * vocab)
+        top_scores, top_index = candidates.topk(n_candidates, dim=1)  # (A, C), best first
+        parent_row = torch.arange(n_active, device=device)[:, None] * k + top_index // vocab  # (A, C)
+        token = top_index % vocab
+        valid = torch.isfinite(top_scores)
+        child = trie.step(nodes[parent_row].reshape(-1), token.reshape(-1)).reshape(n_active, -1)
+        child = torch.where(valid, child, torch.zeros_like(child))  # empty candidates park at the root
+        finished = valid & trie.is_leaf(child.reshape(-1)).reshape(n_active, -1)
+
+        # Finished pool: the best k titles so far (length-normalised when asked), per prompt.
+        final = top_scores / step if length_normalise else top_scores
+        merged_scores = torch.cat([pool_scores[active], final.masked_fill(~finished, -math.inf)], dim=1)
+        merged_titles = torch.cat(
+            [pool_titles[active], torch.where(finished, arrays.node_title[child], -1)], dim=1
+        )
+        best_scores, best = merged_scores.topk(k, dim=1)
+        pool_scores[active] = best_scores
+        pool_titles[active] = merged_titles.gather(1, best)
+
+        # Live beams: the best k unfinished candidates.
+        live_scores, pick = top_scores.masked_fill(~valid | finished, -math.inf).topk(k, dim=1)  # (A, k)
+        live_rows = parent_row.gather(1, pick)
+        live_tokens = token.gather(1, pick)
+        live_nodes = torch.where(torch.isfinite(live_scores), child.gather(1, pick), 0)
+
+        keep = ~_prompt_done(live_scores, live_nodes, best_scores, arrays, length_normalise)
+        if not bool(keep.any()):
+            break
+        active = active[keep]
+        rows = live_rows[keep].reshape(-1)
+        beam_scores = live_scores[keep]
+        nodes = live_nodes[keep].reshape(-1)
+        cache.reorder_cache(rows)  # index_select on the batch dim: each beam continues its parent's cache
+        mask = torch.cat([mask[rows], mask.new_ones(rows.shape[0], 1)], dim=1)
+        position = next_position[rows]
+        out = model(
+            input_ids=live_tokens[keep].reshape(-1, 1),
+            attention_mask=mask,
+            position_ids=position[:, None],
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        cache = out.past_key_values
+        logits = out.logits[:, -1]
+        next_position = position + 1
+
+    ranked: list[Ranked] = []
+    for scores, titles in zip(pool_scores.cpu().tolist(), pool_titles.cpu().tolist(), strict=True):
+        ranked.append([(t, s) for t, s in zip(titles, scores, strict=True) if t >= 0 and math.isfinite(s)])
+    return ranked
+
+
+def _prompt_done(
+    live_scores: torch.Tensor,
+    live_nodes: torch.Tensor,
+    pool_scores: torch.Tensor,
+    arrays: _TrieArrays,
+    length_normalise: bool,
+) -> torch.Tensor:
+    """(A,) bool: no live beam left, or the pool is full and no live beam can still beat its worst title.
+
+    Every later step adds a score <= 0 (a log-probability, or D3's mix of two), so a live beam's final
+    raw score is at most its current one. Normalised by length, the best it can reach is the current
+    raw score over the deepest leaf below it (raw <= 0); the bound is exact, not a heuristic.
+    """
+    no_live = ~torch.isfinite(live_scores[:, 0])
+    bound = live_scores
+    if length_normalise:
+        bound = live_scores / arrays.max_depth[live_nodes]
+    worst = pool_scores[:, -1:]
+    settled = torch.isfinite(worst[:, 0]) & (bound <= worst).all(dim=1)
+    return no_live | settled
+
+
+def smallest_item_of_title(trie: Trie) -> np.ndarray:
+    """(n_titles,) the smallest item id with each title: the item a decoded title stands for
+    (several items may share a title; docs/formats.md, prediction format)."""
+    item_title = np.asarray(trie.item_title, dtype=np.int64)
+    out = np.full(len(trie.titles), np.iinfo(np.int64).max, dtype=np.int64)
+    items = np.flatnonzero(item_title >= 0)
+    np.minimum.at(out, item_title[items], items)
+    return np.where(out == np.iinfo(np.int64).max, -1, out)
+
+
+def predictions_table(samples: np.ndarray, ranked: list[Ranked], trie: Trie) -> pa.Table:
+    """The prediction format of docs/formats.md: sample, titles, item_ids, scores (lists, best first)."""
+    if len(samples) != len(ranked):
+        raise ValueError(f"predictions_table: {len(samples)} samples but {len(ranked)} ranked lists")
+    item_of = smallest_item_of_title(trie)
+    title_ids = [[t for t, _ in row] for row in ranked]
+    return pa.table(
+        {
+            "sample": pa.array(np.asarray(samples, dtype=np.int64), type=pa.int64()),
+            "titles": pa.array(
+                [[trie.titles[t] for t in row] for row in title_ids], type=pa.list_(pa.string())
+            ),
+            "item_ids": pa.array([item_of[row].tolist() for row in title_ids], type=pa.list_(pa.int64())),
+            "scores": pa.array([[s for _, s in row] for row in ranked], type=pa.list_(pa.float64())),
+        }
+    )
+
+
+__all__ = [
+    "DecodeSettings",
+    "Ranked",
+    "constrained_beam_search",
+    "left_pad",
+    "max_leaf_depth",
+    "predictions_table",
+    "smallest_item_of_title",
+]
