@@ -243,7 +243,8 @@ def import_d3(
             if mismatch:
                 stats_drops[f"{name}_item_title_differs_from_items_tsv"] = mismatch
                 log.warning("%s: %d rows whose item_title differs from the title of item_id", path, mismatch)
-    users = pd.concat([f["user_id"] for f in frames.values() if "user_id" in f])
+    with_users = all("user_id" in f for f in frames.values())
+    users = pd.concat([f["user_id"] for f in frames.values()]) if with_users else None
     n_titles = items["title"].nunique()
     items_table = pa.table(
         {
@@ -255,7 +256,7 @@ def import_d3(
     stats = {
         "source": "import",
         "import_dir": str(folder),
-        "users": None if "user_id" not in frames["train"] else int(users[users != ""].nunique()),
+        "users": int(users[users != ""].nunique()) if with_users else None,  # unknown if a file lacks user_id
         "items": n_items,
         "unique_titles": int(n_titles),
         "items_sharing_a_title": int(n_items - n_titles),
