@@ -1,0 +1,34 @@
+# Trie over the dataset's titles (tokenized as the training targets are), item rewards R(i) from the
+# train histories, and the popularity groups used by IFairLRS and the fairness metrics.
+
+
+rule build_trie:
+    input:
+        items="results/{dataset}/data/items.parquet",
+        train="results/{dataset}/data/train.parquet",
+        code=[
+            "src/flowrec/trie.py",
+            "src/flowrec/groups.py",
+            "src/flowrec/prompts.py",
+            "src/flowrec/model.py",
+            "src/flowrec/stages/build_trie.py",
+        ],
+    output:
+        trie="results/{dataset}/trie/trie.npz",
+        groups="results/{dataset}/trie/groups.parquet",
+        groups_json="results/{dataset}/trie/groups.json",
+    log:
+        "logs/build_trie/{dataset}.log",
+    benchmark:
+        "benchmarks/build_trie/{dataset}.tsv"
+    params:
+        model=config["model"]["name_or_path"],
+        n_groups=config["trie"]["n_groups"],
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=15,
+    conda:
+        "../envs/llm.yaml"
+    script:
+        "../src/flowrec/stages/build_trie.py"

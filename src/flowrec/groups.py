@@ -1,0 +1,84 @@
+"""Title popularity from training histories: item rewards R(i) and popularity groups.
+
+R(i) (method.md section 3) and the popularity groups (method.md section 6) both start from how often
+each title occurs in the histories of the training samples. Titles, not items: items sharing a title
+share its count (the trie has one leaf per title).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+
+def _flat_items(train_histories) -> np.ndarray:
+    """All item ids of all histories, as one int64 array (Arrow list column, pandas Series or lists)."""
+    if isinstance(train_histories, pa.ChunkedArray | pa.ListArray | pa.LargeListArray):
+        return pc.list_flatten(train_histories).to_numpy(zero_copy_only=False).astype(np.int64)
+    rows = list(train_histories)
+    if not rows:
+        return np.zeros(0, dtype=np.int64)
+    return np.concatenate([np.asarray(h, dtype=np.int64).reshape(-1) for h in rows])
+
+
+def title_history_counts(train_histories, item_title: np.ndarray, n_titles: int) -> np.ndarray:
+    """(n_titles,) int64: occurrences of each title in the training histories."""
+    items = _flat_items(train_histories)
+    if len(items) and (items.min() < 0 or items.max() >= len(item_title)):
+        raise ValueError(
+            f"train histories: item ids must lie in [0, {len(item_title)}), got {items.min()}..{items.max()}"
+        )
+    return np.bincount(np.asarray(item_title, dtype=np.int64)[items], minlength=n_titles).astype(np.int64)
+
+
+def title_rewards_from_histories(train_histories, item_title: np.ndarray, n_titles: int) -> np.ndarray:
+    """R(i) (float64, n_titles): how often title i occurs in the train split's histories (method.md 3)."""
+    return title_history_counts(train_histories, item_title, n_titles).astype(np.float64)
+
+
+def popularity_groups(title_frequency: Sequence[int] | np.ndarray, n_groups: int) -> np.ndarray:
+    """(n_titles,) int64 group per title: 0 = most popular ... n_groups - 1 = least popular.
+
+    Titles seen in training histories are sorted by frequency (descending; ties by title id) and cut
+    into `n_groups` groups of equal size (np.array_split: sizes differ by at most one, larger first).
+    Every title absent from the training histories (frequency 0) goes to the last group, even when
+    that makes it larger than the others (method.md section 6). With fewer seen titles than groups some
+    groups stay empty.
+    """
+    freq = np.asarray(title_frequency)
+    if freq.ndim != 1 or np.any(freq < 0):
+        raise ValueError("title_frequency: expected a 1-d array of non-negative counts")
+    if n_groups < 1:
+        raise ValueError(f"n_groups: expected >= 1, got {n_groups}")
+    groups = np.full(len(freq), n_groups - 1, dtype=np.int64)
+    seen = np.flatnonzero(freq > 0)
+    ranked = seen[np.argsort(-freq[seen], kind="stable")]
+    for g, members in enumerate(np.array_split(ranked, n_groups)):
+        groups[members] = g
+    return groups
+
+
+def group_shares(
+    title_frequency: Sequence[int] | np.ndarray, groups: np.ndarray, n_groups: int
+) -> np.ndarray:
+    """(n_groups,) float64: each group's share of all training-history interactions (sums to 1)."""
+    freq = np.asarray(title_frequency, dtype=np.float64)
+    total = freq.sum()
+    if total <= 0:
+        raise ValueError("title_frequency: all zero; group shares are undefined")
+    return np.bincount(np.asarray(groups, dtype=np.int64), weights=freq, minlength=n_groups) / total
+
+
+def groups_table(titles: Sequence[str], title_frequency: np.ndarray, groups: np.ndarray) -> pa.Table:
+    """results/{dataset}/trie/groups.parquet (docs/formats.md): title, title_id, frequency, group."""
+    return pa.table(
+        {
+            "title": pa.array(list(titles), type=pa.string()),
+            "title_id": pa.array(np.arange(len(titles), dtype=np.int64)),
+            "frequency": pa.array(np.asarray(title_frequency, dtype=np.int64)),
+            "group": pa.array(np.asarray(groups, dtype=np.int64)),
+        }
+    )

@@ -1,0 +1,105 @@
+"""Prompts and targets: the one place that turns histories and titles into token ids.
+
+Training (SFT, IFairLRS, Flower), decoding and distribution fitting all call these functions, and the
+trie is built from `title_ids`, so that a training target, a trie path and a decoded title are the same
+ids by construction (method.md section 8, last bullet: tokenizers may merge the prompt's last characters
+with the title's first, e.g. SmolLM2 merges " \\n"; so prompt and title are tokenized apart and
+concatenated at the id level, never as text).
+
+Prompt: the tokenizer's chat template when it has one (SmolLM2 has), a system message with the task and
+a user message listing the most recent `max_history` history titles, oldest first, then the assistant
+turn opened (add_generation_prompt=True). Without a chat template a plain instruction/response text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+SYSTEM = "You are a recommender system. Answer with the title of exactly one item and nothing else."
+TASK = "Given the movies/items a user interacted with, oldest first, recommend the next item the user will interact with."
+NO_HISTORY = "(no items yet)"
+HISTORY_FREE_TASK = "Recommend an item."
+# Termination of every title (method.md section 3): newline, then EOS, as in the reference code.
+TITLE_END = "\n"
+
+
+def history_text(history_titles: Sequence[str], max_history: int) -> str:
+    """The user message: the task and the last `max_history` titles, oldest first, one per line."""
+    recent = list(history_titles)[-max_history:] if max_history > 0 else []
+    lines = "\n".join(f"{i}. {title}" for i, title in enumerate(recent, start=1)) if recent else NO_HISTORY
+    return f"{TASK}\nItems (oldest first):\n{lines}"
+
+
+def _render(tokenizer, user: str) -> str:
+    """Prompt text ending where the answer starts (chat template, or an instruction/response fallback)."""
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    bos = tokenizer.bos_token or ""
+    return f"{bos}### Instruction:\n{SYSTEM}\n{user}\n### Response:\n"
+
+
+def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
+    # The rendered text already holds the special tokens of the template: add none.
+    return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def prompt_ids(tokenizer, history_titles: Sequence[str], max_history: int) -> list[int]:
+    """Token ids of the prompt for one sample (method.md section 1); the title's ids follow directly."""
+    return _encode(tokenizer, [_render(tokenizer, history_text(history_titles, max_history))])[0]
+
+
+def prompt_ids_batch(tokenizer, histories: Sequence[Sequence[str]], max_history: int) -> list[list[int]]:
+    """`prompt_ids` for many samples in one tokenizer call (pre-tokenise a split once, not per step)."""
+    texts = [_render(tokenizer, history_text(h, max_history)) for h in histories]
+    return _encode(tokenizer, texts) if texts else []
+
+
+def history_free_prompt_ids(tokenizer) -> list[int]:
+    """The prompt without history used for distribution fitting (method.md section 6, RQ1)."""
+    return _encode(tokenizer, [_render(tokenizer, HISTORY_FREE_TASK)])[0]
+
+
+def title_ids(tokenizer, title: str) -> list[int]:
+    """The ids generated for `title`: title + newline, then EOS (method.md section 3's termination).
+
+    EOS alone is a special token the model may emit after any prefix; the newline first makes the end
+    of a title an ordinary text token, as the reference code does. These ids are both the SFT target and
+    the title's path in the trie.
+    """
+    return list(tokenizer(title + TITLE_END, add_special_tokens=False)["input_ids"]) + [
+        tokenizer.eos_token_id
+    ]
+
+
+def title_ids_batch(tokenizer, titles: Sequence[str]) -> list[list[int]]:
+    """`title_ids` for many titles in one tokenizer call."""
+    if not titles:
+        return []
+    encoded = tokenizer([t + TITLE_END for t in titles], add_special_tokens=False)["input_ids"]
+    return [list(ids) + [tokenizer.eos_token_id] for ids in encoded]
+
+
+def split_token_ids(
+    tokenizer,
+    histories: Sequence[Sequence[int]],
+    targets: Sequence[int] | np.ndarray,
+    item_titles: Sequence[str],
+    max_history: int,
+) -> tuple[list[list[int]], list[list[int]]]:
+    """(prompt ids, target ids) for every sample of a split (rows of data/{split}.parquet, same order).
+
+    `histories` are item-id lists, `targets` item ids, `item_titles[item_id]` the title. The ids of one
+    sample's training sequence are prompt + target, its loss covers the target part only.
+    """
+    prompts = prompt_ids_batch(tokenizer, [[item_titles[i] for i in h] for h in histories], max_history)
+    unique = sorted({int(t) for t in targets})
+    encoded = dict(zip(unique, title_ids_batch(tokenizer, [item_titles[t] for t in unique]), strict=True))
+    return prompts, [encoded[int(t)] for t in targets]
+
+
+def sample_ids(prompt: Sequence[int], target: Sequence[int]) -> tuple[list[int], int]:
+    """(input ids, prompt length): the id-level concatenation every trainer uses."""
+    return [*prompt, *target], len(prompt)
