@@ -261,3 +261,13 @@ def test_download_rejects_a_bad_file_and_leaves_no_final_file(serve, tmp_path, k
         download_file(url, dest, sha256="0" * 64 if kind == "wrong_sha256" else None, backoff_s=0.01)
     assert url in str(err.value)
     assert not dest.exists() and not (tmp_path / "Toy.json.gz.part").exists()
+
+
+def test_widen_window_moves_the_start_back_a_year_while_items_are_few(amazon_files):
+    data = prepare(DatasetSettings.from_dict({**SETTINGS, "widen_window_min_items": 5}), amazon_files)
+    # 4 items < 5: start 2018-01 -> 2017-01, which takes in u2's A10 of 2017-12-31; still 4 items,
+    # but the data start no earlier than 2017-12, so widening stops there.
+    assert data.stats["window"] == {"start": "2017-01", "end": "2018-03"}
+    assert data.stats["interactions"] == 11 and data.stats["dropped"]["outside_window"] == 1
+    off = prepare(DatasetSettings.from_dict(SETTINGS), amazon_files)
+    assert off.stats["window"]["start"] == "2018-01"
