@@ -173,6 +173,154 @@ def constrained_beam_search(
     return results  # type: ignore[return-value]
 
 
+class BatchBeams:
+    """Beams, finished pool and stopping rule of one batch of prompts; the model stays outside.
+
+    Rows are prompt-major: the live beams of active prompt i are rows i*k ... i*k + k-1. `advance`
+    turns the next-token logits of the live rows into the next tokens and the rows (parents) whose
+    cache each new beam continues.
+    """
+
+    def __init__(
+        self,
+        trie: Trie,
+        arrays: _TrieArrays,
+        n_prompts: int,
+        num_beams: int,
+        *,
+        device: torch.device,
+        dtype: torch.dtype,
+        temperature: float = 1.0,
+        length_normalise: bool = True,
+        title_scores: torch.Tensor | None = None,
+        assistant_weight: float = 1.0,
+    ):
+        self.trie, self.arrays, self.k = trie, arrays, num_beams
+        self.temperature, self.length_normalise = temperature, length_normalise
+        self.title_scores, self.assistant_weight = title_scores, assistant_weight
+        self.active = torch.arange(n_prompts, device=device)  # prompts still searching, one row block each
+        self.nodes = torch.zeros(n_prompts * num_beams, dtype=torch.long, device=device)  # all at the root
+        # One live beam per prompt at first (rows repeat the prompt's cache); the others are empty slots.
+        self.beam_scores = torch.full((n_prompts, num_beams), -math.inf, dtype=dtype, device=device)
+        self.beam_scores[:, 0] = 0.0
+        self.pool_scores = torch.full((n_prompts, num_beams), -math.inf, dtype=dtype, device=device)
+        self.pool_titles = torch.full((n_prompts, num_beams), -1, dtype=torch.long, device=device)
+        self.step = 0  # tokens generated so far
+
+    def advance(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Take one step from `logits` (R, V) of the live rows: (parent rows (R',), tokens (R',)) of the
+        new live beams, or None when every prompt is done. Finished titles go to the pool."""
+        k, trie, arrays = self.k, self.trie, self.arrays
+        self.step += 1
+        n_active, vocab = self.active.shape[0], logits.shape[-1]
+        logp = torch.log_softmax(logits.to(self.beam_scores.dtype) / self.temperature, dim=-1)  # (R, V)
+        allowed = trie.allowed_mask(self.nodes, vocab)  # (R, V)
+        if self.title_scores is not None:
+            scores = self.title_scores[self.active].repeat_interleave(k, dim=0)
+            assist = assistant_log_probs(trie, scores, self.nodes, allowed).to(logp.dtype)
+            logp = self.assistant_weight * logp + (1.0 - self.assistant_weight) * assist
+        logp = logp.masked_fill(~allowed, -math.inf)
+        candidates = (self.beam_scores.reshape(-1, 1) + logp).reshape(n_active, k * vocab)
+        top_scores, top_index = candidates.topk(min(2 * k, k * vocab), dim=1)  # (A, C), best first
+        parent_row = torch.arange(n_active, device=logits.device)[:, None] * k + top_index // vocab
+        token = top_index % vocab
+        valid = torch.isfinite(top_scores)
+        child = trie.step(self.nodes[parent_row].reshape(-1), token.reshape(-1)).reshape(n_active, -1)
+        child = torch.where(valid, child, torch.zeros_like(child))  # empty candidates park at the root
+        finished = valid & trie.is_leaf(child.reshape(-1)).reshape(n_active, -1)
+
+        # Finished pool: the best k titles so far (length-normalised when asked), per prompt.
+        final = top_scores / self.step if self.length_normalise else top_scores
+        merged_scores = torch.cat(
+            [self.pool_scores[self.active], final.masked_fill(~finished, -math.inf)], dim=1
+        )
+        new_titles = torch.where(finished, arrays.node_title[child], -1)
+        merged_titles = torch.cat([self.pool_titles[self.active], new_titles], dim=1)
+        pool_scores, best = merged_scores.topk(k, dim=1)
+        self.pool_scores[self.active] = pool_scores
+        self.pool_titles[self.active] = merged_titles.gather(1, best)
+
+        # Live beams: the best k unfinished candidates of each prompt.
+        live_scores, pick = top_scores.masked_fill(~valid | finished, -math.inf).topk(k, dim=1)  # (A, k)
+        live_nodes = torch.where(torch.isfinite(live_scores), child.gather(1, pick), 0)
+        keep = ~self._done(live_scores, live_nodes, pool_scores)
+        if not bool(keep.any()):
+            return None
+        self.active = self.active[keep]
+        self.beam_scores = live_scores[keep]
+        self.nodes = live_nodes[keep].reshape(-1)
+        return parent_row.gather(1, pick)[keep].reshape(-1), token.gather(1, pick)[keep].reshape(-1)
+
+    def _done(
+        self, live_scores: torch.Tensor, live_nodes: torch.Tensor, pool_scores: torch.Tensor
+    ) -> torch.Tensor:
+        """(A,) bool: no live beam left, or the pool is full and no live beam can still beat its worst title.
+
+        Every later step adds a score <= 0 (a log-probability, or D3's mix of two), so a live beam's final
+        raw score is at most its current one. Normalised by length, the best it can reach is the current
+        raw score over the deepest leaf below it (raw <= 0): the bound is exact, not a heuristic.
+        """
+        no_live = ~torch.isfinite(live_scores[:, 0])
+        bound = live_scores
+        if self.length_normalise:
+            bound = live_scores / self.arrays.max_depth[live_nodes]
+        worst = pool_scores[:, -1:]
+        settled = torch.isfinite(worst[:, 0]) & (bound <= worst).all(dim=1)
+        return no_live | settled
+
+    def ranked(self) -> list[Ranked]:
+        """Per prompt of the batch: (title id, score) of the pool, best first."""
+        out: list[Ranked] = []
+        for scores, titles in zip(
+            self.pool_scores.cpu().tolist(), self.pool_titles.cpu().tolist(), strict=True
+        ):
+            out.append([(t, s) for t, s in zip(titles, scores, strict=True) if t >= 0 and math.isfinite(s)])
+        return out
+
+
+def encode_prompts(model, prompts: list[list[int]], pad_token_id: int, num_beams: int):
+    """Encode each prompt once and repeat its KV cache to its beams (rows p*k ... p*k + k-1).
+
+    Returns (cache, next-token logits (P*k, V), attention mask (P*k, L), next position (P*k,)).
+    """
+    ids, mask, positions = left_pad(prompts, pad_token_id, _model_device(model))
+    out = model(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=positions,
+        past_key_values=DynamicCache(),
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(num_beams)
+    logits = out.logits[:, -1].repeat_interleave(num_beams, dim=0)
+    next_position = (positions[:, -1] + 1).repeat_interleave(num_beams)
+    return cache, logits, mask.repeat_interleave(num_beams, dim=0), next_position
+
+
+def feed_tokens(
+    model, cache, mask: torch.Tensor, position: torch.Tensor, rows: torch.Tensor, tokens: torch.Tensor
+):
+    """One decoding forward: every new beam continues its parent row's cache with its token.
+
+    Returns (next-token logits (R', V), attention mask (R', L + 1), next position (R',)); `cache` is
+    reordered (index_select on the batch dim) and extended in place.
+    """
+    cache.reorder_cache(rows)
+    mask = torch.cat([mask[rows], mask.new_ones(rows.shape[0], 1)], dim=1)
+    position = position[rows]
+    out = model(
+        input_ids=tokens[:, None],
+        attention_mask=mask,
+        position_ids=position[:, None],
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    return out.logits[:, -1], mask, position + 1
+
+
 def _search_batch(
     model,
     prompts: list[list[int]],
@@ -187,120 +335,23 @@ def _search_batch(
     pad_token_id: int,
 ) -> list[Ranked]:
     """One batch of prompts; returns up to num_beams ranked titles per prompt."""
-    device = _model_device(model)
-    k = num_beams
-    ids, mask, positions = left_pad(prompts, pad_token_id, device)
-    out = model(
-        input_ids=ids,
-        attention_mask=mask,
-        position_ids=positions,
-        past_key_values=DynamicCache(),
-        use_cache=True,
-        logits_to_keep=1,
+    cache, logits, mask, position = encode_prompts(model, prompts, pad_token_id, num_beams)
+    beams = BatchBeams(
+        trie,
+        arrays,
+        len(prompts),
+        num_beams,
+        device=logits.device,
+        # Scores in fp32 at least (bf16 logits on GPU), fp64 when the model runs in fp64.
+        dtype=torch.promote_types(logits.dtype, torch.float32),
+        temperature=temperature,
+        length_normalise=length_normalise,
+        title_scores=title_scores,
+        assistant_weight=assistant_weight,
     )
-    # Encode each prompt once, then repeat its cache to its beams (rows p*k ... p*k + k-1).
-    cache = out.past_key_values
-    cache.batch_repeat_interleave(k)
-    logits = out.logits[:, -1].repeat_interleave(k, dim=0)  # (P*k, V)
-    mask = mask.repeat_interleave(k, dim=0)  # (P*k, L)
-    next_position = (positions[:, -1] + 1).repeat_interleave(k)  # (P*k,)
-    vocab = logits.shape[-1]
-    # Log-softmax and scores in fp32 at least (bf16 logits on GPU), fp64 when the model runs in fp64.
-    dtype = torch.promote_types(logits.dtype, torch.float32)
-
-    n_prompts = len(prompts)
-    active = torch.arange(n_prompts, device=device)  # prompts still searching; row block i <-> active[i]
-    nodes = torch.zeros(n_prompts * k, dtype=torch.long, device=device)  # all beams at the root
-    beam_scores = torch.full((n_prompts, k), -math.inf, dtype=dtype, device=device)
-    beam_scores[:, 0] = 0.0  # one live beam per prompt at first; the others are empty slots
-    pool_scores = torch.full((n_prompts, k), -math.inf, dtype=dtype, device=device)
-    pool_titles = torch.full((n_prompts, k), -1, dtype=torch.long, device=device)
-    n_candidates = min(2 * k, k * vocab)
-    step = 0
-    while True:
-        step += 1  # tokens generated once this step's token is taken
-        n_active = active.shape[0]
-        logp = torch.log_softmax(logits.to(dtype) / temperature, dim=-1)  # (R, V), R = n_active * k
-        allowed = trie.allowed_mask(nodes, vocab)  # (R, V)
-        if title_scores is not None:
-            assist = assistant_log_probs(
-                trie, title_scores[active].repeat_interleave(k, dim=0), nodes, allowed
-            )
-            logp = assistant_weight * logp + (1.0 - assistant_weight) * assist.to(dtype)
-        logp = logp.masked_fill(~allowed, -math.inf)
-        candidates = (beam_scores.reshape(-1, 1) + logp).reshape(n_active, k * vocab)
-        top_scores, top_index = candidates.topk(n_candidates, dim=1)  # (A, C), best first
-        parent_row = torch.arange(n_active, device=device)[:, None] * k + top_index // vocab  # (A, C)
-        token = top_index % vocab
-        valid = torch.isfinite(top_scores)
-        child = trie.step(nodes[parent_row].reshape(-1), token.reshape(-1)).reshape(n_active, -1)
-        child = torch.where(valid, child, torch.zeros_like(child))  # empty candidates park at the root
-        finished = valid & trie.is_leaf(child.reshape(-1)).reshape(n_active, -1)
-
-        # Finished pool: the best k titles so far (length-normalised when asked), per prompt.
-        final = top_scores / step if length_normalise else top_scores
-        merged_scores = torch.cat([pool_scores[active], final.masked_fill(~finished, -math.inf)], dim=1)
-        merged_titles = torch.cat(
-            [pool_titles[active], torch.where(finished, arrays.node_title[child], -1)], dim=1
-        )
-        best_scores, best = merged_scores.topk(k, dim=1)
-        pool_scores[active] = best_scores
-        pool_titles[active] = merged_titles.gather(1, best)
-
-        # Live beams: the best k unfinished candidates.
-        live_scores, pick = top_scores.masked_fill(~valid | finished, -math.inf).topk(k, dim=1)  # (A, k)
-        live_rows = parent_row.gather(1, pick)
-        live_tokens = token.gather(1, pick)
-        live_nodes = torch.where(torch.isfinite(live_scores), child.gather(1, pick), 0)
-
-        keep = ~_prompt_done(live_scores, live_nodes, best_scores, arrays, length_normalise)
-        if not bool(keep.any()):
-            break
-        active = active[keep]
-        rows = live_rows[keep].reshape(-1)
-        beam_scores = live_scores[keep]
-        nodes = live_nodes[keep].reshape(-1)
-        cache.reorder_cache(rows)  # index_select on the batch dim: each beam continues its parent's cache
-        mask = torch.cat([mask[rows], mask.new_ones(rows.shape[0], 1)], dim=1)
-        position = next_position[rows]
-        out = model(
-            input_ids=live_tokens[keep].reshape(-1, 1),
-            attention_mask=mask,
-            position_ids=position[:, None],
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        cache = out.past_key_values
-        logits = out.logits[:, -1]
-        next_position = position + 1
-
-    ranked: list[Ranked] = []
-    for scores, titles in zip(pool_scores.cpu().tolist(), pool_titles.cpu().tolist(), strict=True):
-        ranked.append([(t, s) for t, s in zip(titles, scores, strict=True) if t >= 0 and math.isfinite(s)])
-    return ranked
-
-
-def _prompt_done(
-    live_scores: torch.Tensor,
-    live_nodes: torch.Tensor,
-    pool_scores: torch.Tensor,
-    arrays: _TrieArrays,
-    length_normalise: bool,
-) -> torch.Tensor:
-    """(A,) bool: no live beam left, or the pool is full and no live beam can still beat its worst title.
-
-    Every later step adds a score <= 0 (a log-probability, or D3's mix of two), so a live beam's final
-    raw score is at most its current one. Normalised by length, the best it can reach is the current
-    raw score over the deepest leaf below it (raw <= 0); the bound is exact, not a heuristic.
-    """
-    no_live = ~torch.isfinite(live_scores[:, 0])
-    bound = live_scores
-    if length_normalise:
-        bound = live_scores / arrays.max_depth[live_nodes]
-    worst = pool_scores[:, -1:]
-    settled = torch.isfinite(worst[:, 0]) & (bound <= worst).all(dim=1)
-    return no_live | settled
+    while (chosen := beams.advance(logits)) is not None:
+        logits, mask, position = feed_tokens(model, cache, mask, position, *chosen)
+    return beams.ranked()
 
 
 def smallest_item_of_title(trie: Trie) -> np.ndarray:
@@ -332,9 +383,12 @@ def predictions_table(samples: np.ndarray, ranked: list[Ranked], trie: Trie) -> 
 
 
 __all__ = [
+    "BatchBeams",
     "DecodeSettings",
     "Ranked",
     "constrained_beam_search",
+    "encode_prompts",
+    "feed_tokens",
     "left_pad",
     "max_leaf_depth",
     "predictions_table",
