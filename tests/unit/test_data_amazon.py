@@ -206,6 +206,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802 (http.server's name)
         self.requests.append(self.headers.get("Range"))
         start = int(self.headers["Range"][6:-1]) if self.headers.get("Range") else 0
+        if start >= len(self.payload):
+            self.send_error(416)
+            return
         body = self.payload[start:]
         self.send_response(206 if start else 200)
         if start:
@@ -271,3 +274,12 @@ def test_widen_window_moves_the_start_back_a_year_while_items_are_few(amazon_fil
     assert data.stats["interactions"] == 11 and data.stats["dropped"]["outside_window"] == 1
     off = prepare(DatasetSettings.from_dict(SETTINGS), amazon_files)
     assert off.stats["window"]["start"] == "2018-01"
+
+
+def test_download_resumes_from_a_complete_part_file_of_an_earlier_run(serve, tmp_path):
+    payload = gzip.compress(b'{"asin": "B1"}\n' * 100)
+    url, requests = serve(payload)
+    dest = tmp_path / "Toy.json.gz"
+    (tmp_path / "Toy.json.gz.part").write_bytes(payload)  # the earlier run died before verifying
+    download_file(url, dest, backoff_s=0.01)
+    assert dest.read_bytes() == payload and requests == [f"bytes={len(payload)}-"]

@@ -104,6 +104,8 @@ def download_file(
         except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as err:
             if isinstance(err, urllib.error.HTTPError) and err.code in (403, 404, 410):
                 raise ValueError(f"{url}: HTTP {err.code} {err.reason}; check base_url and category") from err
+            if isinstance(err, urllib.error.HTTPError) and err.code == 416 and have:
+                break  # nothing left after `have` bytes (a complete .part from an earlier run): verify it
             log.warning("%s: attempt %d failed (%s: %s)", url, attempt + 1, type(err).__name__, err)
         if attempt == retries:
             raise ValueError(
