@@ -1,9 +1,14 @@
 """Shared fixtures: the real SmolLM2 tokenizer (loaded once) and the tiny random Llama."""
 
-import pytest
-import torch
+import os
 
-from flowrec.model import TINY_RANDOM, load_tokenizer, tiny_random_model
+# No model hub in tests: fail fast on hub ids instead of waiting for connection retries.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from flowrec.model import TINY_RANDOM, load_tokenizer, tiny_random_model  # noqa: E402
 
 # Two CPU cores are shared by everything on the machine: keep tests single-threaded.
 torch.set_num_threads(1)

@@ -131,11 +131,23 @@ def resolve_model_source(name_or_path: str) -> tuple[str, str | None]:
     return name_or_path, None
 
 
-def _hub_kwargs(source: str) -> dict:
-    """local_files_only for hub ids when HF_HUB_OFFLINE is set (the pipeline runs without a hub)."""
-    if Path(source).exists():
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "False")
+
+
+def _hub_kwargs(source: str, name_or_path: str) -> dict:
+    """local_files_only for hub ids when HF_HUB_OFFLINE is set (the pipeline runs without a hub).
+
+    Offline, a hub id missing from the local cache fails at once here (transformers would first spend
+    its connection retries).
+    """
+    if Path(source).exists() or not _offline():
         return {}
-    return {"local_files_only": True} if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") else {}
+    from huggingface_hub import try_to_load_from_cache
+
+    if not isinstance(try_to_load_from_cache(source, "config.json"), str):
+        raise _not_found(name_or_path, source, OSError("not in the local Hugging Face cache"))
+    return {"local_files_only": True}
 
 
 def _not_found(name_or_path: str, source: str, err: Exception) -> FileNotFoundError:
@@ -159,7 +171,7 @@ def _prepare_tokenizer(tokenizer):
 @functools.lru_cache(maxsize=8)
 def _cached_tokenizer(name_or_path: str):
     source, gguf_file = resolve_model_source(name_or_path)
-    kwargs = {"gguf_file": gguf_file} if gguf_file else _hub_kwargs(source)
+    kwargs = {"gguf_file": gguf_file} if gguf_file else _hub_kwargs(source, name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as err:
@@ -250,7 +262,7 @@ def load_base_model(
         model = tiny_random_model(seed=0)
     else:
         source, gguf_file = resolve_model_source(name_or_path)
-        kwargs = {"gguf_file": gguf_file} if gguf_file else _hub_kwargs(source)
+        kwargs = {"gguf_file": gguf_file} if gguf_file else _hub_kwargs(source, name_or_path)
         try:
             model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs)
         except (OSError, ValueError) as err:

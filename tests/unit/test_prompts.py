@@ -1,0 +1,87 @@
+"""Prompts and targets: one construction for training and decoding, titles tokenized apart."""
+
+import numpy as np
+
+from flowrec.prompts import (
+    HISTORY_FREE_TASK,
+    history_free_prompt_ids,
+    prompt_ids,
+    prompt_ids_batch,
+    sample_ids,
+    split_token_ids,
+    title_ids,
+    title_ids_batch,
+)
+
+HISTORY = [f"Movie {i} (199{i % 10})" for i in range(14)]
+
+
+def test_prompt_lists_recent_history_oldest_first_and_opens_the_answer(tokenizer) -> None:
+    text = tokenizer.decode(prompt_ids(tokenizer, HISTORY, 10))
+    listing = "\n".join(f"{i}. {t}" for i, t in enumerate(HISTORY[-10:], start=1))
+    assert listing + "<|im_end|>" in text  # the 10 most recent, oldest first
+    assert all(t not in text for t in HISTORY[:4])
+    assert text.endswith("<|im_start|>assistant\n")  # chat template, generation prompt added
+    assert "recommend the next item" in text
+    no_history = tokenizer.decode(prompt_ids(tokenizer, HISTORY, 0))
+    assert "Movie" not in no_history
+
+
+def test_batch_helpers_equal_single_calls(tokenizer) -> None:
+    histories = [HISTORY[:3], [], HISTORY]
+    assert prompt_ids_batch(tokenizer, histories, 10) == [prompt_ids(tokenizer, h, 10) for h in histories]
+    titles = ["Heat (1995)", "Café Society", " leading space", "Back to the Future"]
+    assert title_ids_batch(tokenizer, titles) == [title_ids(tokenizer, t) for t in titles]
+    assert prompt_ids_batch(tokenizer, [], 10) == [] and title_ids_batch(tokenizer, []) == []
+
+
+def test_title_ids_end_with_newline_then_eos(tokenizer) -> None:
+    ids = title_ids(tokenizer, "Heat (1995)")
+    assert ids[-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(ids[:-1]) == "Heat (1995)\n"
+    assert tokenizer.decode(ids[-2:-1]) == "\n"
+
+
+def test_prompt_and_title_are_joined_at_the_id_level(tokenizer) -> None:
+    prompt = prompt_ids(tokenizer, HISTORY[:2], 10)
+    target = title_ids(tokenizer, "Heat (1995)")
+    ids, n_prompt = sample_ids(prompt, target)
+    assert ids[:n_prompt] == prompt and ids[n_prompt:] == target
+    # the prompt is fixed: its last id is the same whatever title follows (no cross-boundary merges)
+    assert prompt[-1] == tokenizer("\n", add_special_tokens=False).input_ids[0]
+
+
+def test_history_free_prompt(tokenizer) -> None:
+    text = tokenizer.decode(history_free_prompt_ids(tokenizer))
+    assert HISTORY_FREE_TASK in text and "Items (oldest first)" not in text
+    assert text.endswith("<|im_start|>assistant\n")
+
+
+def test_split_token_ids_follow_row_order(tokenizer) -> None:
+    item_titles = ["A (1990)", "B (1991)", "C (1992)"]
+    histories = [np.array([0, 1]), np.array([], dtype=np.int64), np.array([2])]
+    prompts, targets = split_token_ids(tokenizer, histories, np.array([2, 0, 2]), item_titles, 10)
+    assert prompts == [prompt_ids(tokenizer, [item_titles[i] for i in h], 10) for h in histories]
+    assert targets == [title_ids(tokenizer, item_titles[t]) for t in (2, 0, 2)]
+
+
+class _PlainTokenizer:
+    """A tokenizer without chat template: the fallback instruction/response prompt."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.chat_template, self.bos_token, self.eos_token_id = (
+            inner,
+            None,
+            None,
+            inner.eos_token_id,
+        )
+
+    def __call__(self, texts, add_special_tokens=False):
+        return self.inner(texts, add_special_tokens=add_special_tokens)
+
+
+def test_fallback_without_chat_template(tokenizer) -> None:
+    plain = _PlainTokenizer(tokenizer)
+    text = tokenizer.decode(prompt_ids(plain, HISTORY[:2], 10))
+    assert text.endswith("### Response:\n") and "<|im_start|>" not in text
+    assert title_ids(plain, "Heat (1995)") == title_ids(tokenizer, "Heat (1995)")
