@@ -1,4 +1,4 @@
-"""Title popularity from training histories: item rewards R(i) and popularity groups.
+"""Per-title values: counts in training histories, item rewards R(i), popularity groups.
 
 R(i) (method.md section 3) and the popularity groups (method.md section 6) both start from how often
 each title occurs in the histories of the training samples. Titles, not items: items sharing a title
@@ -7,11 +7,33 @@ share its count (the trie has one leaf per title).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+
+def unique_titles(item_titles: Sequence[str]) -> list[str]:
+    """Distinct titles in order of first appearance by item id (the order `Trie.build` inputs use)."""
+    return list(dict.fromkeys(item_titles))
+
+
+def title_values(
+    values: Mapping[str, float] | Sequence[float] | np.ndarray | None, names: list[str], what: str
+) -> np.ndarray:
+    """Non-negative float64 per title of `names`: from a mapping (missing: 0), an aligned sequence, or None (0)."""
+    if values is None:
+        return np.zeros(len(names), dtype=np.float64)
+    if isinstance(values, Mapping):
+        out = np.array([float(values.get(name, 0.0)) for name in names], dtype=np.float64)
+    else:
+        out = np.asarray(values, dtype=np.float64)
+        if out.shape != (len(names),):
+            raise ValueError(f"{what}: shape {out.shape}, expected ({len(names)},) (one per unique title)")
+    if not np.all(np.isfinite(out)) or np.any(out < 0):
+        raise ValueError(f"{what}: every value must be finite and non-negative")
+    return out
 
 
 def _flat_items(train_histories) -> np.ndarray:

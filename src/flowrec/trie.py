@@ -27,30 +27,23 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from flowrec.groups import group_shares, popularity_groups, title_history_counts, title_rewards_from_histories
+# Popularity groups and R(i) from histories live in flowrec.groups; re-exported as part of the trie API.
+from flowrec.groups import (  # noqa: F401
+    group_shares,
+    popularity_groups,
+    title_history_counts,
+    title_rewards_from_histories,
+    title_values,
+    unique_titles,
+)
 from flowrec.io import atomic_path
 
 FORMAT_VERSION = 1
+# Arrays saved in trie.npz (with the titles and, for readers without flowrec, the flows)
 _ARRAYS = (
-    "child_ptr",
-    "child_token",
-    "child_node",
-    "parent",
-    "node_token",
-    "depth",
-    "node_title",
-    "leaf_start",
-    "leaf_end",
-    "title_ptr",
-    "title_tokens",
-    "title_reward",
-    "item_title",
-)
-
-
-def unique_titles(item_titles: Sequence[str]) -> list[str]:
-    """Distinct titles in order of first appearance by item id (the order `Trie.build` inputs use)."""
-    return list(dict.fromkeys(item_titles))
+    "child_ptr child_token child_node parent node_token depth node_title leaf_start leaf_end "
+    "title_ptr title_tokens title_reward item_title"
+).split()
 
 
 @dataclass(eq=False)
@@ -103,7 +96,7 @@ class Trie:
                     f"title_token_ids: {len(title_token_ids)} lists for {len(names)} unique titles"
                 )
             seqs = [tuple(int(t) for t in ids) for ids in title_token_ids]
-        rewards = _aligned_rewards(title_rewards, names)
+        rewards = title_values(title_rewards, names, "title_rewards")
         for name, seq in zip(names, seqs, strict=True):
             if not seq or min(seq) < 0:
                 raise ValueError(
@@ -267,17 +260,13 @@ class Trie:
         if cached is None:
             t = functools.partial(torch.as_tensor, device=device)
             width = self.max_token + 1
-            edge_parent = self.parent[self.child_node]
+            plain = ("child_ptr", "child_token", "child_node", "leaf_start", "leaf_end", "node_title")
             cached = SimpleNamespace(
+                **{name: t(getattr(self, name)) for name in plain},
                 width=width,
-                keys=t(edge_parent * width + self.child_token),  # ascending: CSR is sorted by (node, token)
-                child_ptr=t(self.child_ptr),
-                child_token=t(self.child_token),
-                child_node=t(self.child_node),
+                # ascending, as the CSR is sorted by (node, token): searchsorted finds edges
+                keys=t(self.parent[self.child_node] * width + self.child_token),
                 child_flow=t(self.flow[self.child_node] > 0),
-                leaf_start=t(self.leaf_start),
-                leaf_end=t(self.leaf_end),
-                node_title=t(self.node_title),
                 log_flow=t(self.log_flow),
                 node_log_reward=t(self.node_log_reward),
             )
@@ -409,12 +398,6 @@ class Trie:
             titles = [raw[off[i] : off[i + 1]].decode("utf-8") for i in range(len(off) - 1)]
             return cls(titles=titles, **{name: npz[name] for name in _ARRAYS})
 
-    def arrays_equal(self, other: Trie) -> bool:
-        """Same structure, titles and rewards."""
-        return self.titles == other.titles and all(
-            np.array_equal(getattr(self, name), getattr(other, name)) for name in _ARRAYS
-        )
-
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     n = min(len(a), len(b))
@@ -422,22 +405,6 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     while i < n and a[i] == b[i]:
         i += 1
     return i
-
-
-def _aligned_rewards(title_rewards, names: list[str]) -> np.ndarray:
-    if title_rewards is None:
-        return np.zeros(len(names), dtype=np.float64)
-    if isinstance(title_rewards, Mapping):
-        values = np.array([float(title_rewards.get(name, 0.0)) for name in names], dtype=np.float64)
-    else:
-        values = np.asarray(title_rewards, dtype=np.float64)
-        if values.shape != (len(names),):
-            raise ValueError(
-                f"title_rewards: shape {values.shape}, expected ({len(names)},) (one per unique title)"
-            )
-    if not np.all(np.isfinite(values)) or np.any(values < 0):
-        raise ValueError("title_rewards: every R(i) must be finite and non-negative")
-    return values
 
 
 def build_trie(item_titles: Sequence[str], tokenizer, train_histories=None) -> Trie:
@@ -449,14 +416,3 @@ def build_trie(item_titles: Sequence[str], tokenizer, train_histories=None) -> T
     if train_histories is None:
         return trie
     return trie.with_rewards(title_rewards_from_histories(train_histories, trie.item_title, trie.n_titles))
-
-
-__all__ = [
-    "Trie",
-    "build_trie",
-    "group_shares",
-    "popularity_groups",
-    "title_history_counts",
-    "title_rewards_from_histories",
-    "unique_titles",
-]
