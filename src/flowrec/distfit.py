@@ -27,8 +27,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import torch
 
+from flowrec.io import write_parquet
 from flowrec.metrics import distribution_divergences
 from flowrec.prompts import title_ids_batch
 from flowrec.sampling import sample_titles
@@ -56,7 +58,7 @@ class DistfitSettings:
     train_samples: int = 256  # tuning samples (titles, pairs, or completions) per method
     epochs: int = 1  # epochs over the tuning samples
     batch_size: int = 16  # samples per optimizer step
-    micro_batch_size: int = 16  # samples per forward pass (gradient accumulation up to batch_size)
+    micro_batch_size: int | None = None  # samples per forward pass (None: batch_size; gradients accumulate)
     learning_rate: float = 3e-4  # AdamW, linear decay to zero, no warm-up (all methods)
     lambda_: float = 1.0  # Flower: L = L_SFT + lambda * L_SubTB
     dpo_beta: float = 0.1  # DPO temperature beta
@@ -74,6 +76,8 @@ class DistfitSettings:
         if unknown:
             raise ValueError(f"config block `distfit`: unknown key(s) {unknown}; expected {sorted(known)}")
         settings = cls(**block)
+        if settings.micro_batch_size is None:
+            settings.micro_batch_size = settings.batch_size
         if settings.batch_size % settings.micro_batch_size:
             raise ValueError(
                 f"distfit.batch_size ({settings.batch_size}) must be a multiple of "
@@ -268,11 +272,21 @@ def generate_titles(
     return [trie.titles[i] for i in ids.tolist()]
 
 
-def samples_frame(titles: Sequence[str]) -> pd.DataFrame:
-    """samples/{method}.parquet: `sample` int64, `title` string (docs/formats.md)."""
-    return pd.DataFrame(
-        {"sample": np.arange(len(titles), dtype=np.int64), "title": pd.Series(titles, dtype=str)}
+def write_samples(titles: Sequence[str], path: str | Path) -> None:
+    """samples/{method}.parquet and tuning_set.parquet: `sample` int64, `title` string (docs/formats.md)."""
+    table = pa.table(
+        {"sample": pa.array(np.arange(len(titles)), pa.int64()), "title": pa.array(list(titles), pa.string())}
     )
+    write_parquet(table, path)
+
+
+def read_samples(path: str | Path) -> list[str]:
+    return pd.read_parquet(path, columns=["title"])["title"].tolist()
+
+
+def read_target(path: str | Path) -> dict[str, float]:
+    """target.json as written by the distfit_target rule (already checked), in its order."""
+    return {str(t): float(c) for t, c in json.loads(Path(path).read_text(encoding="utf-8")).items()}
 
 
 def divergence_table(

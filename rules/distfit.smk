@@ -1,0 +1,189 @@
+# Distribution fitting without history (the paper's RQ1, method.md sections 4 and 6): a target set of
+# titles with counts, one base model tuned four ways on the history-free prompt, titles sampled under
+# the target trie, and their divergence from the target.
+
+# trl 1.16 ships no PPO trainer, so the reward-maximising RL row is GRPO (flowrec.distfit_trl).
+DISTFIT_TUNED = ["sft", "dpo", "grpo", "flower"]
+DISTFIT_ROWS = ["base", *DISTFIT_TUNED]
+# The distfit keys each rule uses (a change reruns that rule and what follows, nothing else).
+_DISTFIT_TARGET_KEYS = ("target", "top_n", "train_samples", "seed")
+_DISTFIT_TUNE_KEYS = ("train_samples", "epochs", "batch_size", "micro_batch_size", "learning_rate", "seed")
+_DISTFIT_TUNE_METHOD_KEYS = {"flower": ("lambda",), "dpo": ("dpo_beta",), "grpo": ("rl_generations",)}
+_DISTFIT_GENERATE_KEYS = ("generate", "train_samples", "generate_batch_size", "seed")
+
+
+def get_distfit_settings(keys):
+    return {key: config["distfit"][key] for key in keys}
+
+
+def get_distfit_target_inputs(wildcards):
+    """The target file when one is configured (so that editing it reruns the workflow from here)."""
+    target = config["distfit"]["target"]
+    return {"target_file": target} if target else {}
+
+
+def get_distfit_tune_settings(wildcards):
+    """Shared tuning keys plus the method's own (lambda for Flower, beta for DPO, group size for GRPO)."""
+    return get_distfit_settings(_DISTFIT_TUNE_KEYS + _DISTFIT_TUNE_METHOD_KEYS.get(wildcards.method, ()))
+
+
+def get_distfit_generate_inputs(wildcards):
+    """The tuned model, except for the untuned base row."""
+    if wildcards.method == "base":
+        return {}
+    return {"model": f"results/{wildcards.dataset}/distfit/{wildcards.method}/model"}
+
+
+rule distfit_target:
+    input:
+        unpack(get_distfit_target_inputs),
+        item_titles="results/{dataset}/data/items.parquet",
+        groups="results/{dataset}/trie/groups.parquet",
+        code=[
+            "src/flowrec/distfit.py",
+            "src/flowrec/trie.py",
+            "src/flowrec/prompts.py",
+            "src/flowrec/stages/distfit_target.py",
+        ],
+    output:
+        target="results/{dataset}/distfit/target.json",
+        trie="results/{dataset}/distfit/trie.npz",
+        tuning_set="results/{dataset}/distfit/tuning_set.parquet",
+    log:
+        "logs/distfit_target/{dataset}.log",
+    benchmark:
+        "benchmarks/distfit_target/{dataset}.tsv"
+    params:
+        distfit=get_distfit_settings(_DISTFIT_TARGET_KEYS),
+        model_name=config["model"]["name_or_path"],
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/llm.yaml"
+    script:
+        "../src/flowrec/stages/distfit_target.py"
+
+
+rule distfit_tune:
+    wildcard_constraints:
+        method="|".join(DISTFIT_TUNED),
+    input:
+        target="results/{dataset}/distfit/target.json",
+        trie="results/{dataset}/distfit/trie.npz",
+        tuning_set="results/{dataset}/distfit/tuning_set.parquet",
+        code=[
+            "src/flowrec/distfit.py",
+            "src/flowrec/distfit_trl.py",
+            "src/flowrec/model.py",
+            "src/flowrec/sampling.py",
+            "src/flowrec/tune/forward.py",
+            "src/flowrec/tune/losses.py",
+            "src/flowrec/tune/loop.py",
+            "src/flowrec/stages/distfit_tune.py",
+        ],
+    output:
+        model=directory("results/{dataset}/distfit/{method}/model"),
+        log_csv="results/{dataset}/distfit/{method}/log.csv",
+        loss_png="results/{dataset}/distfit/{method}/loss.png",
+    log:
+        "logs/distfit_tune/{dataset}/{method}.log",
+    benchmark:
+        "benchmarks/distfit_tune/{dataset}/{method}.tsv"
+    params:
+        distfit=get_distfit_tune_settings,
+        model=config["model"],
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    conda:
+        "../envs/llm.yaml"
+    script:
+        "../src/flowrec/stages/distfit_tune.py"
+
+
+rule distfit_generate:
+    wildcard_constraints:
+        method="|".join(DISTFIT_ROWS),
+    input:
+        unpack(get_distfit_generate_inputs),
+        trie="results/{dataset}/distfit/trie.npz",
+        code=["src/flowrec/distfit.py", "src/flowrec/sampling.py", "src/flowrec/stages/distfit_generate.py"],
+    output:
+        "results/{dataset}/distfit/samples/{method}.parquet",
+    log:
+        "logs/distfit_generate/{dataset}/{method}.log",
+    benchmark:
+        "benchmarks/distfit_generate/{dataset}/{method}.tsv"
+    params:
+        distfit=get_distfit_settings(_DISTFIT_GENERATE_KEYS),
+        model_name=config["model"]["name_or_path"],
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../envs/llm.yaml"
+    script:
+        "../src/flowrec/stages/distfit_generate.py"
+
+
+rule distfit_table:
+    input:
+        target="results/{dataset}/distfit/target.json",
+        trie="results/{dataset}/distfit/trie.npz",
+        tuning_set="results/{dataset}/distfit/tuning_set.parquet",
+        samples=expand("results/{{dataset}}/distfit/samples/{method}.parquet", method=DISTFIT_ROWS),
+        code=["src/flowrec/distfit.py", "src/flowrec/metrics.py", "src/flowrec/report.py"],
+    output:
+        csv=report(
+            "results/{dataset}/distfit/table.csv",
+            caption="../report/distfit_table.rst",
+            category="Distribution fitting",
+            subcategory="{dataset}",
+        ),
+        md="results/{dataset}/distfit/table.md",
+    log:
+        "logs/distfit_table/{dataset}.log",
+    benchmark:
+        "benchmarks/distfit_table/{dataset}.tsv"
+    params:
+        methods=DISTFIT_ROWS,
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../envs/llm.yaml"  # the trie (token-level divergences) needs torch
+    script:
+        "../src/flowrec/stages/distfit_table.py"
+
+
+rule distfit_figure:
+    input:
+        target="results/{dataset}/distfit/target.json",
+        samples=expand("results/{{dataset}}/distfit/samples/{method}.parquet", method=DISTFIT_ROWS),
+        code=["src/flowrec/distfit.py"],
+    output:
+        report(
+            "results/{dataset}/distfit/figure.png",
+            caption="../report/distfit_figure.rst",
+            category="Distribution fitting",
+            subcategory="{dataset}",
+        ),
+    log:
+        "logs/distfit_figure/{dataset}.log",
+    benchmark:
+        "benchmarks/distfit_figure/{dataset}.tsv"
+    params:
+        methods=DISTFIT_ROWS,
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../envs/llm.yaml"  # flowrec.distfit imports torch
+    script:
+        "../src/flowrec/stages/distfit_figure.py"

@@ -1,0 +1,209 @@
+"""Distribution fitting (RQ1): target sets, tuning draws, DPO pairs, the trie-constrained GRPO sampler,
+the divergence table on hand-computed values, and a tiny end-to-end run of each tuning driver."""
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from flowrec import distfit, distfit_trl
+
+ITEMS = ["Toy Story", "Star Wars", "Fargo", "Contact", "Return of the Jedi", "Fargo"]
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "target.json"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# ---- target sets ---------------------------------------------------------------------------------
+
+
+def test_read_target_file_sorted_by_count(tmp_path):
+    path = write(tmp_path, json.dumps({"Fargo": 2, "Star Wars": 5, "Contact": 2.5}))
+    target = distfit.read_target_file(path, ITEMS, "ml100k")
+    assert list(target.items()) == [("Star Wars", 5.0), ("Contact", 2.5), ("Fargo", 2.0)]
+
+
+def test_unknown_title_names_file_and_title(tmp_path):
+    path = write(tmp_path, json.dumps({"Fargo": 2, "Citizen Kane": 1}))
+    with pytest.raises(
+        ValueError, match=r"target\.json: title 'Citizen Kane' is not an item title of dataset 'ml100k'"
+    ):
+        distfit.read_target_file(path, ITEMS, "ml100k")
+
+
+def test_duplicate_title_names_file_and_title(tmp_path):
+    # json.load alone would keep the last value silently
+    path = write(tmp_path, '{"Fargo": 2, "Contact": 1, "Fargo": 3}')
+    with pytest.raises(ValueError, match=r"target\.json: title 'Fargo' appears more than once"):
+        distfit.read_target_file(path, ITEMS, "ml100k")
+
+
+@pytest.mark.parametrize("count", [0, -1, "3", True, None])
+def test_bad_count(tmp_path, count):
+    path = write(tmp_path, json.dumps({"Fargo": 2, "Contact": count}))
+    with pytest.raises(ValueError, match=r"title 'Contact' has count .*expected a positive number"):
+        distfit.read_target_file(path, ITEMS, "ml100k")
+
+
+@pytest.mark.parametrize("text", ['["Fargo"]', '{"Fargo": 1}', "{not json"])
+def test_malformed_target(tmp_path, text):
+    with pytest.raises(ValueError, match=r"target\.json"):
+        distfit.read_target_file(write(tmp_path, text), ITEMS, "ml100k")
+
+
+def test_top_titles_by_frequency_ties_by_title_zero_left_out():
+    groups = pd.DataFrame(
+        {
+            "title": ["a", "b", "c", "d", "e"],
+            "title_id": range(5),
+            "frequency": [3, 7, 3, 0, 1],
+            "group": [0, 0, 1, 1, 1],
+        }
+    )
+    assert distfit.top_titles(groups, 3) == {"b": 7.0, "a": 3.0, "c": 3.0}
+    assert list(distfit.top_titles(groups, 10)) == ["b", "a", "c", "e"]  # "d" never occurs
+
+
+def test_draw_titles_seeded_and_proportional():
+    target = {"a": 6.0, "b": 3.0, "c": 1.0}
+    draw = distfit.draw_titles(target, 20000, seed=1)
+    assert draw[:50] == distfit.draw_titles(target, 20000, seed=1)[:50]
+    shares = pd.Series(draw).value_counts(normalize=True)
+    np.testing.assert_allclose(shares[["a", "b", "c"]], [0.6, 0.3, 0.1], atol=0.01)
+
+
+def test_dpo_pairs_reject_a_less_frequent_title():
+    target = {"a": 5.0, "b": 3.0, "c": 3.0, "d": 1.0}
+    chosen, rejected = distfit_trl.dpo_pairs(target, 2000, seed=0)
+    assert all(target[r] < target[c] for c, r in zip(chosen, rejected, strict=True))
+    assert "d" not in chosen  # nothing is less frequent than the least frequent title
+    assert set(rejected) == {"b", "c", "d"}
+    with pytest.raises(ValueError, match="same count"):
+        distfit_trl.dpo_pairs({"a": 1.0, "b": 1.0}, 4, seed=0)
+
+
+def test_settings_lambda_key_and_unknown_key():
+    s = distfit.DistfitSettings.from_params({"lambda": 0.5, "batch_size": 8})
+    assert s.lambda_ == 0.5 and s.micro_batch_size == 8 and s.n_generate == 256
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['temperature'\]"):
+        distfit.DistfitSettings.from_params({"temperature": 1.0})
+    with pytest.raises(ValueError, match="multiple of"):
+        distfit.DistfitSettings.from_params({"batch_size": 8, "micro_batch_size": 3})
+
+
+# ---- trie, divergences, figure data ----------------------------------------------------------------
+
+
+def hand_trie():
+    """Titles a, b, c with token paths [1, 9], [2, 9], [2, 3, 9] (9 = the end)."""
+    from flowrec.trie import Trie
+
+    paths = {"a": [1, 9], "b": [2, 9], "c": [2, 3, 9]}
+    return Trie.build(list(paths), paths, [1.0, 1.0, 1.0])
+
+
+def test_divergence_table_hand_values():
+    trie = hand_trie()
+    target = {"a": 1.0, "b": 1.0}
+    table = distfit.divergence_table(target, {"base": ["a", "a"], "flower": ["b", "a"]}, trie)
+    # T = (1/2, 1/2), R = (1, 0), M = (3/4, 1/4):
+    # JS = [1/2 ln(2/3) + 1/2 ln 2 + ln(4/3)] / 2; KL(T||R) with +0.5 on each count: T' = (1/2, 1/2),
+    # R' = (5/6, 1/6), so 1/2 ln(3/5) + 1/2 ln 3.
+    js = (0.5 * math.log(2 / 3) + 0.5 * math.log(2) + math.log(4 / 3)) / 2
+    base = table.loc["Base"]
+    assert base["title_JS"] == pytest.approx(js)
+    assert base["title_KL_TR"] == pytest.approx(0.5 * math.log(3 / 5) + 0.5 * math.log(3))
+    assert base["title_KL_RT"] == pytest.approx(5 / 6 * math.log(5 / 3) + 1 / 6 * math.log(1 / 3))
+    # tokens: T has 1, 9, 2, 9 (one each of 1, 2; two 9s), R = a twice has 1, 9, 1, 9: T = (1/4, 1/4, 1/2)
+    # over (1, 2, 9), R = (1/2, 0, 1/2), M = (3/8, 1/8, 1/2).
+    token_js = (0.25 * math.log(2 / 3) + 0.25 * math.log(2) + 0.5 * math.log(4 / 3)) / 2
+    assert base["token_JS"] == pytest.approx(token_js)
+    assert table.loc["Flower", "title_JS"] == pytest.approx(0.0)
+    assert table.loc["Flower", "distinct"] == 2 and base["generated"] == 2
+    with pytest.raises(ValueError, match="outside the target set"):
+        distfit.divergence_table(target, {"base": ["z"]}, trie)
+
+
+def test_frequency_matrix_shares_in_target_order():
+    target = {"b": 1.0, "a": 3.0}
+    freq = distfit.frequency_matrix(target, {"sft": ["b", "b", "a", "c"]})
+    assert list(freq.index) == ["a", "b"]
+    np.testing.assert_allclose(freq["target"], [0.75, 0.25])
+    np.testing.assert_allclose(freq["sft"], [0.25, 0.5])  # "c" is outside T: counted in the total only
+
+
+def test_trie_logits_processor_walks_the_completion():
+    trie = hand_trie()
+    proc = distfit_trl.TrieLogitsProcessor(trie, prompt_len=2, eos_id=9)
+    scores = torch.zeros(3, 12)
+    prompt = torch.tensor([[7, 7], [7, 7], [7, 7]])
+    out = proc(prompt, scores.clone())
+    assert torch.isfinite(out).nonzero()[:, 1].unique().tolist() == [1, 2]  # the root's children
+    step1 = torch.cat([prompt, torch.tensor([[1], [2], [2]])], 1)
+    out = proc(step1, scores.clone())
+    assert [torch.isfinite(r).nonzero().flatten().tolist() for r in out] == [[9], [3, 9], [3, 9]]
+    step2 = torch.cat([step1, torch.tensor([[9], [9], [3]])], 1)  # rows 0 and 1 finished their title
+    out = proc(step2, scores.clone())
+    assert [torch.isfinite(r).nonzero().flatten().tolist() for r in out] == [[9], [9], [9]]
+    fresh = distfit_trl.TrieLogitsProcessor(trie, prompt_len=2, eos_id=9)  # rebuilt from scratch
+    assert torch.equal(fresh(step2, scores.clone()), out)
+
+
+# ---- tiny end-to-end runs of the four tuning drivers -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from flowrec.model import load_tokenizer
+    from flowrec.prompts import history_free_prompt_ids
+
+    torch.set_num_threads(1)
+    tokenizer = load_tokenizer("tiny-random")
+    target = distfit.sort_target({"Toy Story": 6.0, "Star Wars": 3.0, "Fargo": 2.0, "Contact": 1.0})
+    trie = distfit.target_trie(target, tokenizer)
+    settings = distfit.DistfitSettings.from_params(
+        {"train_samples": 8, "batch_size": 4, "rl_generations": 4, "learning_rate": 1e-3}
+    )
+    return tokenizer, target, trie, history_free_prompt_ids(tokenizer), settings
+
+
+def _changed(before: dict, model) -> bool:
+    return any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["sft", "flower", "dpo", "grpo"])
+def test_tuning_driver_end_to_end(tiny, tmp_path, method):
+    from flowrec.model import load_base_model, load_tuned, save_tuned
+
+    tokenizer, target, trie, prompt, settings = tiny
+    model = load_base_model("tiny-random", device="cpu")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    log_csv, loss_png = tmp_path / "log.csv", tmp_path / "loss.png"
+    if method in ("sft", "flower"):
+        tuning = distfit.draw_titles(target, settings.train_samples, settings.seed)
+        distfit.train_with_loop(
+            method, model, trie, prompt, tuning, target, settings, tokenizer.pad_token_id, log_csv, loss_png
+        )
+    else:
+        train = distfit_trl.train_dpo if method == "dpo" else distfit_trl.train_grpo
+        rows = train(model, tokenizer, trie, prompt, target, settings)
+        assert [r["step"] for r in rows] == [1, 2]  # 8 samples / batch 4
+        distfit_trl.write_training_log(rows, log_csv, loss_png, method)
+    assert _changed(before, model)
+    log = pd.read_csv(log_csv)
+    assert (log["split"] == "train").sum() == 2 and np.isfinite(log["loss"]).all()
+    assert loss_png.stat().st_size > 0
+    save_tuned(model, tokenizer, tmp_path / "model", "tiny-random")
+    tuned, _ = load_tuned(tmp_path / "model", device="cpu")
+    titles = distfit.generate_titles(tuned, trie, prompt, 6, tokenizer.pad_token_id, seed=0, batch_size=4)
+    assert len(titles) == 6 and set(titles) <= set(target)
+    assert titles == distfit.generate_titles(
+        tuned, trie, prompt, 6, tokenizer.pad_token_id, seed=0, batch_size=4
+    )
