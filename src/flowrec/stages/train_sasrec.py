@@ -10,7 +10,7 @@ def main(snakemake) -> None:
     settings = SasrecSettings.from_dict(snakemake.params.sasrec)
     log.info("train_sasrec %s: %s, %d threads", snakemake.wildcards.dataset, settings, snakemake.threads)
     train_and_export(
-        items_path=snakemake.input.items,
+        items_path=snakemake.input.item_table,
         split_paths={name: snakemake.input[name] for name in ("train", "valid", "test")},
         settings=settings,
         threads=snakemake.threads,
