@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from flowrec.groups import group_shares, popularity_groups, title_history_counts
-from flowrec.prompts import sample_ids, split_token_ids, title_ids
+from flowrec.prompts import sample_ids, split_token_ids, title_ids, title_ids_batch
 from flowrec.stages.build_trie import build, read_item_titles
 from flowrec.trie import Trie, build_trie
 
@@ -251,24 +251,31 @@ def write_split(folder: Path) -> None:
         )
 
 
-def check_targets_are_trie_paths(data: Path, tokenizer, trie: Trie) -> None:
-    """Every split's training sequence = prompt ids + a trie path ending at the target's title leaf."""
+def check_targets_are_trie_paths(data: Path, tokenizer, trie: Trie, prompt_rows: int | None = None) -> None:
+    """Every split's training sequence = prompt ids + a trie path ending at the target's title leaf.
+
+    Targets: all rows. Prompt + target concatenation: the first `prompt_rows` rows (None: all).
+    """
     item_titles = read_item_titles(data / "items.parquet")
     for split in ("train", "valid", "test"):
         frame = pq.read_table(data / f"{split}.parquet").to_pandas()
+        targets_all = frame["target"].to_numpy()
+        head = frame if prompt_rows is None else frame.iloc[:prompt_rows]
         prompts, targets = split_token_ids(
-            tokenizer, frame["history"], frame["target"].to_numpy(), item_titles, 10
+            tokenizer, head["history"], head["target"].to_numpy(), item_titles, 10
         )
-        for prompt, target, item in zip(prompts, targets, frame["target"], strict=True):
+        for prompt, target, item in zip(prompts, targets, head["target"], strict=True):
             ids, n_prompt = sample_ids(prompt, target)  # what the trainers feed the model
             assert ids[n_prompt:] == target == title_ids(tokenizer, item_titles[item])
             assert trie.title_token_ids(int(trie.item_title[item])) == target
-        width = max(len(t) for t in targets)
-        padded = torch.tensor([t + [-1] * (width - len(t)) for t in targets])
-        nodes = trie.path_nodes(padded)
-        ends = nodes[torch.arange(len(targets)), torch.tensor([len(t) - 1 for t in targets])]
-        leaf_titles = trie.title_of(ends).numpy()
-        assert np.array_equal(leaf_titles, trie.item_title[frame["target"].to_numpy()]), split
+        # every target (all rows): its title's ids, walked through the trie, end at that title's leaf
+        unique = np.unique(targets_all)
+        paths = title_ids_batch(tokenizer, [item_titles[i] for i in unique])
+        width = max(len(t) for t in paths)
+        padded = torch.tensor([t + [-1] * (width - len(t)) for t in paths])
+        ends = trie.path_nodes(padded)[torch.arange(len(paths)), torch.tensor([len(t) - 1 for t in paths])]
+        assert np.array_equal(trie.title_of(ends).numpy(), trie.item_title[unique]), split
+        assert np.all(np.isin(targets_all, unique))
 
 
 def test_generated_split_targets_are_trie_paths(tmp_path: Path, tokenizer) -> None:
@@ -287,4 +294,4 @@ def test_ml100k_targets_are_trie_paths(tokenizer) -> None:
     if not (data / "train.parquet").exists():
         pytest.skip(f"{data} not built (run the data stage first)")
     trie, _, _ = build(data / "items.parquet", data / "train.parquet", "tiny-random", 8)
-    check_targets_are_trie_paths(data, tokenizer, trie)
+    check_targets_are_trie_paths(data, tokenizer, trie, prompt_rows=500)
