@@ -5,7 +5,7 @@ What works on this kind of machine, and the traps, are in ../shared/design/slurm
 - slurm.conf must be at the default path /etc/slurm/slurm.conf: the executor plugin's jobstep strips
   SLURM_* variables (SLURM_CONF included) before its inner srun;
 - there is no slurmdbd, so `sacct` is disabled: the profile uses `slurm-status-command: squeue`, and
-  MinJobAge keeps finished jobs visible to squeue for 10 minutes;
+  MinJobAge keeps finished jobs visible to squeue for an hour;
 - no cgroups: proctrack/linuxproc and task/none.
 
 The node advertises `cpus` CPUs, `gpus` GPUs (a gpu GRES whose device files are copies of /dev/null)
@@ -114,8 +114,9 @@ JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
-# No slurmdbd: Snakemake polls squeue, which must still list jobs finished up to 10 minutes ago
-MinJobAge=600
+# No slurmdbd: Snakemake polls squeue, and the test lists the run's jobs with squeue at its end,
+# so finished jobs stay visible for an hour (>= 3x the profile's first status check delay)
+MinJobAge=3600
 ReturnToService=2
 SlurmdParameters=config_overrides
 GresTypes=gpu
@@ -231,8 +232,20 @@ PartitionName=main Nodes=localhost Default=YES MaxTime=INFINITE State=UP
             time.sleep(0.5)
         raise SlurmUnavailable(f"the node did not come up within {timeout:.0f} s (sinfo: {state!r})")
 
+    def cancel_all_jobs(self, timeout: float = 30) -> None:
+        """scancel every job of this (test-only) cluster, so that no job step outlives slurmd."""
+        jobs = _run(["squeue", "-h", "-o", "%i"], timeout=20).stdout.split()
+        if not jobs:
+            return
+        _run(["scancel", *jobs], timeout=20)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _run(["squeue", "-h", "-o", "%i"], timeout=20).stdout.strip():
+            time.sleep(0.5)
+
     def stop(self) -> None:
-        """Stop the daemons this object started, by PID file, in reverse order; remove our config files."""
+        """Cancel what still runs, stop our daemons by PID file in reverse order, remove our config files."""
+        if any(name == "slurmctld" for name, _ in self.started):
+            self.cancel_all_jobs()
         for name, pid_file in reversed(self.started):
             pid = _read_pid(pid_file)
             if pid is None or not _alive(pid):
