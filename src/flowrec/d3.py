@@ -40,30 +40,25 @@ def title_masses(item_scores: np.ndarray, item_title: np.ndarray, n_titles: int)
 
 
 def assistant_log_probs(
-    trie: Trie, title_scores: torch.Tensor, nodes: torch.Tensor, allowed: torch.Tensor
+    trie: Trie, title_scores: torch.Tensor, nodes: torch.Tensor, row: torch.Tensor, child: torch.Tensor
 ) -> torch.Tensor:
-    """log p_assist(child | node) for every allowed token of every beam, (B, V); 0 where not allowed.
+    """log p_assist(child | node) = log mass(child) - log mass(node) for every edge, (E,).
 
     title_scores: (B, n_titles) strictly positive mass of each title for the beam's prompt;
-    nodes: (B,) trie node of each beam; allowed: (B, V) bool, Trie.allowed_mask(nodes, V).
-    Children are gathered into a (B, width) grid (width = most children of any beam) so that one
+    nodes: (B,) trie node of each beam (-1: empty slot, no edges); row, child: (E,) the beam each edge
+    leaves and the node it reaches, grouped by row in ascending order (as `nonzero` of the allowed
+    mask gives them). Each beam's node and children are laid out in one (B, width) grid so that one
     Trie.subtree_mass call prices all of them; no loop over beams or tokens.
     """
-    n_beams = nodes.shape[0]
-    beam, token = allowed.nonzero(as_tuple=True)  # (E,), grouped by beam in ascending order
-    out = torch.zeros(allowed.shape, dtype=title_scores.dtype, device=allowed.device)
-    if beam.numel() == 0:
-        return out
-    children = trie.step(nodes[beam], token)  # (E,)
-    counts = allowed.sum(dim=1)  # (B,)
-    first = counts.cumsum(0) - counts  # (B,) index of each beam's first edge in `beam`
-    column = torch.arange(beam.numel(), device=beam.device) - first[beam] + 1  # column 0: the node itself
-    grid = nodes.new_zeros(n_beams, int(counts.max()) + 1)  # padding: root (any valid node)
-    grid[:, 0] = nodes
-    grid[beam, column] = children
+    if row.numel() == 0:
+        return title_scores.new_zeros(0)
+    counts = torch.bincount(row, minlength=nodes.shape[0])  # (B,)
+    column = torch.arange(row.numel(), device=row.device) - (counts.cumsum(0) - counts)[row] + 1
+    grid = nodes.new_zeros(nodes.shape[0], int(counts.max()) + 1)  # column 0: the node itself
+    grid[:, 0] = nodes.clamp_min(0)
+    grid[row, column] = child
     mass = trie.subtree_mass(title_scores, grid)  # (B, width + 1)
-    out[beam, token] = torch.log(mass[beam, column]) - torch.log(mass[beam, 0])
-    return out
+    return torch.log(mass[row, column]) - torch.log(mass[row, 0])
 
 
 __all__ = ["ASSIST_FLOOR", "assistant_log_probs", "title_masses"]

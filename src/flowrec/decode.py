@@ -88,7 +88,7 @@ def max_leaf_depth(trie: Trie) -> np.ndarray:
     return np.maximum.reduceat(depth_of_title, bounds)[::2]
 
 
-class _TrieArrays:
+class TrieArrays:
     """The numpy arrays the search reads besides the Trie's own torch methods, as tensors on `device`."""
 
     def __init__(self, trie: Trie, device: torch.device, length_normalise: bool):
@@ -146,7 +146,7 @@ def constrained_beam_search(
                 f"expected (n_prompts, n_titles) = {(len(prompts), len(trie.titles))}"
             )
     device = _model_device(model)
-    arrays = _TrieArrays(trie, device, length_normalise)
+    arrays = TrieArrays(trie, device, length_normalise)
     # Longest prompts first: batches of similar lengths pad little, and memory peaks on the first batch.
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     results: list[Ranked | None] = [None] * len(prompts)
@@ -184,7 +184,7 @@ class BatchBeams:
     def __init__(
         self,
         trie: Trie,
-        arrays: _TrieArrays,
+        arrays: TrieArrays,
         n_prompts: int,
         num_beams: int,
         *,
@@ -199,8 +199,11 @@ class BatchBeams:
         self.temperature, self.length_normalise = temperature, length_normalise
         self.title_scores, self.assistant_weight = title_scores, assistant_weight
         self.active = torch.arange(n_prompts, device=device)  # prompts still searching, one row block each
-        self.nodes = torch.zeros(n_prompts * num_beams, dtype=torch.long, device=device)  # all at the root
-        # One live beam per prompt at first (rows repeat the prompt's cache); the others are empty slots.
+        # One live beam per prompt at first, at the root (rows repeat the prompt's cache); the others are
+        # empty slots: node -1 has no edges, score -inf.
+        self.nodes = torch.full((n_prompts, num_beams), -1, dtype=torch.long, device=device)
+        self.nodes[:, 0] = 0
+        self.nodes = self.nodes.reshape(-1)
         self.beam_scores = torch.full((n_prompts, num_beams), -math.inf, dtype=dtype, device=device)
         self.beam_scores[:, 0] = 0.0
         self.pool_scores = torch.full((n_prompts, num_beams), -math.inf, dtype=dtype, device=device)
@@ -209,47 +212,67 @@ class BatchBeams:
 
     def advance(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Take one step from `logits` (R, V) of the live rows: (parent rows (R',), tokens (R',)) of the
-        new live beams, or None when every prompt is done. Finished titles go to the pool."""
+        new live beams, or None when every prompt is done. Finished titles go to the pool.
+
+        Only the trie's edges out of the live beams are scored: the (R, V) allowed mask gives them as
+        (row, token) pairs, so no (R, V) score matrix is masked or sorted; the vocabulary-wide work is
+        the log-softmax, the mask and its nonzero, against the log-softmax, the beam-score addition and
+        the top-k over k * V candidates of an unconstrained step.
+        """
         k, trie, arrays = self.k, self.trie, self.arrays
         self.step += 1
         n_active, vocab = self.active.shape[0], logits.shape[-1]
-        logp = torch.log_softmax(logits.to(self.beam_scores.dtype) / self.temperature, dim=-1)  # (R, V)
-        allowed = trie.allowed_mask(self.nodes, vocab)  # (R, V)
+        logits = logits.to(self.beam_scores.dtype)
+        if self.temperature != 1.0:
+            logits = logits / self.temperature
+        logp = torch.log_softmax(logits, dim=-1)  # (R, V); one fused pass (CPU logsumexp is slower)
+        row, token = trie.allowed_mask(self.nodes, vocab).nonzero(as_tuple=True)  # (E,) edges, row-major
+        if row.numel() == 0:
+            return None
+        child = trie.step(self.nodes[row], token)  # (E,)
+        edge_scores = logp[row, token]  # log p_LLM(token | prompt, beam)
         if self.title_scores is not None:
-            scores = self.title_scores[self.active].repeat_interleave(k, dim=0)
-            assist = assistant_log_probs(trie, scores, self.nodes, allowed).to(logp.dtype)
-            logp = self.assistant_weight * logp + (1.0 - self.assistant_weight) * assist
-        logp = logp.masked_fill(~allowed, -math.inf)
-        candidates = (self.beam_scores.reshape(-1, 1) + logp).reshape(n_active, k * vocab)
-        top_scores, top_index = candidates.topk(min(2 * k, k * vocab), dim=1)  # (A, C), best first
-        parent_row = torch.arange(n_active, device=logits.device)[:, None] * k + top_index // vocab
-        token = top_index % vocab
+            scores = self.title_scores[self.active].repeat_interleave(k, dim=0)  # (R, n_titles)
+            assist = assistant_log_probs(trie, scores, self.nodes, row, child).to(edge_scores.dtype)
+            edge_scores = self.assistant_weight * edge_scores + (1.0 - self.assistant_weight) * assist
+        edge_scores = edge_scores + self.beam_scores.reshape(-1)[row]
+
+        # Ragged edges -> one dense (A, width) row per prompt, -inf padded, for a batched top-k.
+        prompt = torch.div(row, k, rounding_mode="floor")
+        counts = torch.bincount(prompt, minlength=n_active)
+        column = torch.arange(row.numel(), device=row.device) - (counts.cumsum(0) - counts)[prompt]
+        width = max(int(counts.max()), 2 * k)
+        dense = edge_scores.new_full((n_active, width), -math.inf)
+        dense[prompt, column] = edge_scores
+        edge_at = row.new_zeros((n_active, width))
+        edge_at[prompt, column] = torch.arange(row.numel(), device=row.device)
+        top_scores, top_pos = dense.topk(2 * k, dim=1)  # (A, 2k), best first
+        edge = edge_at.gather(1, top_pos)
+        parent_row, top_token, top_child = row[edge], token[edge], child[edge]
         valid = torch.isfinite(top_scores)
-        child = trie.step(self.nodes[parent_row].reshape(-1), token.reshape(-1)).reshape(n_active, -1)
-        child = torch.where(valid, child, torch.zeros_like(child))  # empty candidates park at the root
-        finished = valid & trie.is_leaf(child.reshape(-1)).reshape(n_active, -1)
+        finished = valid & trie.is_leaf(top_child)
 
         # Finished pool: the best k titles so far (length-normalised when asked), per prompt.
         final = top_scores / self.step if self.length_normalise else top_scores
         merged_scores = torch.cat(
             [self.pool_scores[self.active], final.masked_fill(~finished, -math.inf)], dim=1
         )
-        new_titles = torch.where(finished, arrays.node_title[child], -1)
+        new_titles = torch.where(finished, arrays.node_title[top_child], -1)
         merged_titles = torch.cat([self.pool_titles[self.active], new_titles], dim=1)
         pool_scores, best = merged_scores.topk(k, dim=1)
         self.pool_scores[self.active] = pool_scores
         self.pool_titles[self.active] = merged_titles.gather(1, best)
 
-        # Live beams: the best k unfinished candidates of each prompt.
+        # Live beams: the best k unfinished candidates of each prompt; empty slots get node -1 (no edges).
         live_scores, pick = top_scores.masked_fill(~valid | finished, -math.inf).topk(k, dim=1)  # (A, k)
-        live_nodes = torch.where(torch.isfinite(live_scores), child.gather(1, pick), 0)
+        live_nodes = torch.where(torch.isfinite(live_scores), top_child.gather(1, pick), -1)
         keep = ~self._done(live_scores, live_nodes, pool_scores)
         if not bool(keep.any()):
             return None
         self.active = self.active[keep]
         self.beam_scores = live_scores[keep]
         self.nodes = live_nodes[keep].reshape(-1)
-        return parent_row.gather(1, pick)[keep].reshape(-1), token.gather(1, pick)[keep].reshape(-1)
+        return parent_row.gather(1, pick)[keep].reshape(-1), top_token.gather(1, pick)[keep].reshape(-1)
 
     def _done(
         self, live_scores: torch.Tensor, live_nodes: torch.Tensor, pool_scores: torch.Tensor
@@ -263,7 +286,7 @@ class BatchBeams:
         no_live = ~torch.isfinite(live_scores[:, 0])
         bound = live_scores
         if self.length_normalise:
-            bound = live_scores / self.arrays.max_depth[live_nodes]
+            bound = live_scores / self.arrays.max_depth[live_nodes.clamp_min(0)]
         worst = pool_scores[:, -1:]
         settled = torch.isfinite(worst[:, 0]) & (bound <= worst).all(dim=1)
         return no_live | settled
@@ -325,7 +348,7 @@ def _search_batch(
     model,
     prompts: list[list[int]],
     trie: Trie,
-    arrays: _TrieArrays,
+    arrays: TrieArrays,
     *,
     num_beams: int,
     temperature: float,
@@ -386,6 +409,7 @@ __all__ = [
     "BatchBeams",
     "DecodeSettings",
     "Ranked",
+    "TrieArrays",
     "constrained_beam_search",
     "encode_prompts",
     "feed_tokens",

@@ -184,16 +184,19 @@ def test_strong_assistant_moves_its_title_to_the_top(setup):
 
 def test_assistant_probabilities_are_renormalised_subtree_masses(setup):
     _, _, trie, _ = setup
-    masses = torch.rand(2, trie.n_titles, dtype=torch.float64) + 0.1
-    nodes = torch.tensor([0, int(trie.step(torch.tensor([0]), torch.tensor([trie.title_token_ids(0)[0]])))])
-    allowed = trie.allowed_mask(nodes, int(trie.max_token) + 1)
-    logp = assistant_log_probs(trie, masses, nodes, allowed)
-    assert torch.allclose(logp.exp().masked_fill(~allowed, 0).sum(1), torch.ones(2, dtype=torch.float64))
-    root_tokens = allowed[0].nonzero()[:, 0]
-    for token in root_tokens.tolist():  # p(child | root) = mass below child / total mass
-        child = int(trie.step(torch.tensor([0]), torch.tensor([token])))
-        below = masses[0, trie.leaf_start[child] : trie.leaf_end[child]].sum()
-        assert logp[0, token].item() == pytest.approx((below / masses[0].sum()).log().item())
+    masses = torch.rand(3, trie.n_titles, dtype=torch.float64) + 0.1
+    first = trie.title_token_ids(0)[0]
+    nodes = torch.tensor([0, -1, int(trie.step(torch.tensor([0]), torch.tensor([first])))])  # -1: empty slot
+    row, token = trie.allowed_mask(nodes, trie.max_token + 1).nonzero(as_tuple=True)
+    child = trie.step(nodes[row], token)
+    logp = assistant_log_probs(trie, masses, nodes, row, child)
+    assert row.unique().tolist() == [0, 2]
+    per_row = torch.zeros(3, dtype=torch.float64).index_add_(0, row, logp.exp())
+    assert torch.allclose(per_row, torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64))
+    for r, c, lp in zip(row.tolist(), child.tolist(), logp.tolist(), strict=True):
+        if r == 0:  # p(child | root) = mass below the child / total mass
+            below = masses[0, trie.leaf_start[c] : trie.leaf_end[c]].sum()
+            assert lp == pytest.approx((below / masses[0].sum()).log().item())
 
 
 def test_title_masses_sum_items_sharing_a_title_and_helpers(setup):
