@@ -4,7 +4,7 @@
 
 rule build_trie:
     input:
-        items="results/{dataset}/data/items.parquet",
+        items_table="results/{dataset}/data/items.parquet",
         train="results/{dataset}/data/train.parquet",
         code=[
             "src/flowrec/trie.py",

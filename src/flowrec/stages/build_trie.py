@@ -5,8 +5,6 @@ results/{dataset}/trie/trie.npz, groups.parquet, groups.json. Params: model (nam
 tokenizer) and n_groups (config trie.n_groups). trie.granularity is not a param: the loss applies it.
 """
 
-from __future__ import annotations
-
 import time
 from pathlib import Path
 
@@ -57,7 +55,10 @@ def main(snakemake) -> None:
     log = log_to(snakemake.log[0])
     start = time.perf_counter()
     trie, table, groups_json = build(
-        snakemake.input.items, snakemake.input.train, snakemake.params.model, int(snakemake.params.n_groups)
+        snakemake.input.items_table,
+        snakemake.input.train,
+        snakemake.params.model,
+        int(snakemake.params.n_groups),
     )
     log.info(
         "trie: %d items, %d titles, %d nodes, %d edges, max depth %d, %d titles with zero flow, built in %.1f s",
