@@ -50,7 +50,7 @@ rule decode:
         model=get_tuned_model,
         trie="results/{dataset}/trie/trie.npz",
         test="results/{dataset}/data/test.parquet",
-        items="results/{dataset}/data/items.parquet",
+        item_titles="results/{dataset}/data/items.parquet",
         code=[
             "src/flowrec/decode.py",
             "src/flowrec/d3.py",

@@ -244,7 +244,7 @@ def test_stage_writes_predictions_for_the_seeded_subset(setup, tmp_path):
                 for k, v in [
                     ("model", "model"),
                     ("trie", "trie.npz"),
-                    ("items", "items.parquet"),
+                    ("item_titles", "items.parquet"),
                     ("test", "test.parquet"),
                     ("p_ui", "p_ui.npy"),
                 ]

@@ -34,14 +34,16 @@ def main(snakemake) -> None:
         snakemake.input.model,
     )
 
-    items = pd.read_parquet(snakemake.input.items, columns=["item_id", "title"]).sort_values("item_id")
+    items = pd.read_parquet(snakemake.input.item_titles, columns=["item_id", "title"]).sort_values("item_id")
     if not np.array_equal(items["item_id"].to_numpy(), np.arange(len(items))):
-        raise ValueError(f"{snakemake.input.items}: item_id must be 0..{len(items) - 1} (docs/formats.md)")
+        raise ValueError(
+            f"{snakemake.input.item_titles}: item_id must be 0..{len(items) - 1} (docs/formats.md)"
+        )
     item_titles = items["title"].tolist()
     trie = Trie.load(snakemake.input.trie)
     if trie.n_items != len(items):
         raise ValueError(
-            f"{snakemake.input.trie}: built for {trie.n_items} items, {snakemake.input.items} has {len(items)}"
+            f"{snakemake.input.trie}: built for {trie.n_items} items, {snakemake.input.item_titles} has {len(items)}"
         )
     test = pd.read_parquet(snakemake.input.test, columns=["history"])
     samples = seeded_subset(len(test), settings.test_samples, settings.seed)
