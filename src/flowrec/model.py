@@ -11,6 +11,10 @@ Model sources (`name_or_path`, config key `model.name_or_path`):
 - anything else: a Hugging Face hub id (only the local cache is used when HF_HUB_OFFLINE is set).
 - ``tiny-random``: a tiny randomly initialised Llama with the real SmolLM2 tokenizer (tests, tiny config).
 
+A GGUF file's conversion (tokenizer, dequantised fp32 weights) is saved once under $FLOWREC_CACHE
+(default ~/.cache/flowrec; "off" disables it), keyed by the file's name, size and mtime, because
+converting takes ~40 s per load and every tuning, decoding and fitting job loads the base model.
+
 Tuned models (`save_tuned` / `load_tuned`): full fine-tuning saves the full model; LoRA saves only the
 adapter (small, and the training model stays a trainable peft model) and `flowrec_model.json` names the
 base, which `load_tuned` loads again and merges the adapter into for fast inference.
@@ -168,22 +172,69 @@ def _prepare_tokenizer(tokenizer):
     return tokenizer
 
 
-@functools.lru_cache(maxsize=8)
-def _cached_tokenizer(name_or_path: str):
-    source, gguf_file = resolve_model_source(name_or_path)
-    kwargs = {"gguf_file": gguf_file} if gguf_file else _hub_kwargs(source, name_or_path)
+def _cache_root() -> Path | None:
+    """Where GGUF conversions are kept: $FLOWREC_CACHE (off: "", "0", "off"), default ~/.cache/flowrec."""
+    value = os.environ.get("FLOWREC_CACHE")
+    if value is None:
+        return Path.home() / ".cache" / "flowrec"
+    return None if value.strip().lower() in ("", "0", "off", "none") else Path(value).expanduser()
+
+
+def _gguf_cache(folder: str, gguf_file: str, kind: str) -> Path | None:
+    """Cache folder of one GGUF file's converted `kind` ("tokenizer" or "model"), keyed by size and mtime."""
+    root = _cache_root()
+    if root is None:
+        return None
+    stat = (Path(folder) / gguf_file).stat()
+    return root / f"{Path(gguf_file).stem}-{stat.st_size}-{stat.st_mtime_ns}" / kind
+
+
+def _store(obj, target: Path) -> None:
+    """save_pretrained into `target` atomically (complete or absent); a failed write only costs speed."""
+    tmp = None
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent))
+        obj.save_pretrained(tmp)
+        os.replace(tmp, target)  # another process may have won the race: then this raises, harmlessly
+    except OSError as err:
+        log.warning("could not cache the converted GGUF %s in %s: %s", target.name, target, err)
+    finally:
+        if tmp is not None and tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _from_pretrained(auto_cls, name_or_path: str, kind: str, **kwargs):
+    """auto_cls.from_pretrained for any source; a GGUF's conversion is cached on disk after the first
+    load (dequantising SmolLM2 takes ~40 s and its tokenizer ~8 s; the cached copy loads in ~1 s)."""
+    source, gguf_file = resolve_model_source(name_or_path)
+    if gguf_file:
+        cache = _gguf_cache(source, gguf_file, kind)
+        if cache is not None and cache.is_dir():
+            return auto_cls.from_pretrained(str(cache), **kwargs)
+        obj = auto_cls.from_pretrained(source, gguf_file=gguf_file, **kwargs)
+        if kind == "model":
+            _drop_gguf_quantizer(obj)
+        if cache is not None:
+            _store(obj, cache)
+        return obj
+    hub = _hub_kwargs(source, name_or_path)
+    try:
+        return auto_cls.from_pretrained(source, **hub, **kwargs)
     except (OSError, ValueError) as err:
         raise _not_found(name_or_path, source, err) from err
-    return _prepare_tokenizer(tokenizer)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_tokenizer(name_or_path: str):
+    return _prepare_tokenizer(_from_pretrained(AutoTokenizer, name_or_path, "tokenizer"))
 
 
 def load_tokenizer(name_or_path: str):
     """The tokenizer of `name_or_path`, pad token set, padding_side "left".
 
-    Loading from a GGUF file takes seconds, so it is cached per process: the same object is returned to
-    every caller; do not mutate it.
+    Loading from a GGUF file takes seconds, so it is cached per process (the same object is returned to
+    every caller; do not mutate it) and on disk (see `_from_pretrained`).
     """
     return _cached_tokenizer(str(name_or_path))
 
@@ -261,14 +312,7 @@ def load_base_model(
     if name_or_path == TINY_RANDOM:
         model = tiny_random_model(seed=0)
     else:
-        source, gguf_file = resolve_model_source(name_or_path)
-        kwargs = {"gguf_file": gguf_file} if gguf_file else _hub_kwargs(source, name_or_path)
-        try:
-            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs)
-        except (OSError, ValueError) as err:
-            raise _not_found(name_or_path, source, err) from err
-        if gguf_file:
-            _drop_gguf_quantizer(model)
+        model = _from_pretrained(AutoModelForCausalLM, name_or_path, "model", dtype=torch.float32)
     model = model.to(device=device, dtype=dtype)
     if lora is not None:
         model = apply_lora(model, lora)

@@ -104,3 +104,25 @@ def test_resolve_model_source(tmp_path: Path) -> None:
         "HuggingFaceTB/SmolLM2-135M-Instruct",
         None,
     )
+
+
+def test_gguf_tokenizer_cache_is_identical(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tokenizer
+) -> None:
+    from transformers import AutoTokenizer
+
+    from flowrec.model import _from_pretrained
+
+    monkeypatch.setenv("FLOWREC_CACHE", str(tmp_path))
+    converted = _from_pretrained(AutoTokenizer, EMBEDDED, "tokenizer")  # from the GGUF, then stored
+    cached_dirs = list(tmp_path.glob("*/tokenizer"))
+    assert len(cached_dirs) == 1 and not list(tmp_path.glob("*/.*.part"))
+    cached = _from_pretrained(AutoTokenizer, EMBEDDED, "tokenizer")
+    assert str(cached_dirs[0]) in str(cached.name_or_path)
+    texts = ["Heat (1995)\n", "Café Society <|im_end|>", " \n  x", "L'Âge d'or"]
+    for tok in (cached, tokenizer):
+        assert [tok(t, add_special_tokens=False).input_ids for t in texts] == [
+            converted(t, add_special_tokens=False).input_ids for t in texts
+        ]
+        assert tok.chat_template == converted.chat_template and tok.eos_token_id == converted.eos_token_id
+        assert len(tok) == len(converted)
