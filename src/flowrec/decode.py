@@ -18,8 +18,9 @@ default length_penalty=1). D3 turns the normalisation off and mixes in SASRec's 
 
 from __future__ import annotations
 
-import logging
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -30,8 +31,6 @@ from transformers import DynamicCache
 
 from flowrec.d3 import ASSIST_FLOOR, assistant_log_probs
 from flowrec.trie import Trie
-
-log = logging.getLogger(__name__)
 
 Ranked = list[tuple[int, float]]  # (title id, score), best first
 
@@ -149,28 +148,46 @@ def constrained_beam_search(
     arrays = TrieArrays(trie, device, length_normalise)
     # Longest prompts first: batches of similar lengths pad little, and memory peaks on the first batch.
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    results: list[Ranked | None] = [None] * len(prompts)
+    results: list[Ranked] = [[] for _ in prompts]
     batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-    for batch in tqdm(batches, desc="decode batches", disable=not progress):
-        title_scores = None
-        if assistant_title_scores is not None:
-            rows = np.asarray(assistant_title_scores[batch], dtype=np.float64)
-            title_scores = torch.as_tensor(rows, device=device) + ASSIST_FLOOR
-        ranked = _search_batch(
-            model,
-            [prompts[i] for i in batch],
-            trie,
-            arrays,
-            num_beams=num_beams,
-            temperature=temperature,
-            length_normalise=length_normalise,
-            title_scores=title_scores,
-            assistant_weight=assistant_weight,
-            pad_token_id=pad_token_id,
-        )
-        for i, titles in zip(batch, ranked, strict=True):
-            results[i] = titles[:num_return]
-    return results  # type: ignore[return-value]
+    with eval_mode(model):
+        for batch in tqdm(batches, desc="decode batches", disable=not progress):
+            title_scores = None
+            if assistant_title_scores is not None:
+                rows = np.asarray(assistant_title_scores[batch], dtype=np.float64)
+                title_scores = torch.as_tensor(rows, device=device) + ASSIST_FLOOR
+            cache, logits, mask, position = encode_prompts(
+                model, [prompts[i] for i in batch], pad_token_id, num_beams
+            )
+            beams = BatchBeams(
+                trie,
+                arrays,
+                len(batch),
+                num_beams,
+                device=device,
+                # Scores in fp32 at least (bf16 logits on GPU), fp64 when the model runs in fp64.
+                dtype=torch.promote_types(logits.dtype, torch.float32),
+                temperature=temperature,
+                length_normalise=length_normalise,
+                title_scores=title_scores,
+                assistant_weight=assistant_weight,
+            )
+            while (chosen := beams.advance(logits)) is not None:
+                logits, mask, position = feed_tokens(model, cache, mask, position, *chosen)
+            for i, titles in zip(batch, beams.ranked(), strict=True):
+                results[i] = titles[:num_return]
+    return results
+
+
+@contextmanager
+def eval_mode(model) -> Iterator[None]:
+    """Decode without dropout; the caller's train/eval mode is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 class BatchBeams:
@@ -344,39 +361,6 @@ def feed_tokens(
     return out.logits[:, -1], mask, position + 1
 
 
-def _search_batch(
-    model,
-    prompts: list[list[int]],
-    trie: Trie,
-    arrays: TrieArrays,
-    *,
-    num_beams: int,
-    temperature: float,
-    length_normalise: bool,
-    title_scores: torch.Tensor | None,
-    assistant_weight: float,
-    pad_token_id: int,
-) -> list[Ranked]:
-    """One batch of prompts; returns up to num_beams ranked titles per prompt."""
-    cache, logits, mask, position = encode_prompts(model, prompts, pad_token_id, num_beams)
-    beams = BatchBeams(
-        trie,
-        arrays,
-        len(prompts),
-        num_beams,
-        device=logits.device,
-        # Scores in fp32 at least (bf16 logits on GPU), fp64 when the model runs in fp64.
-        dtype=torch.promote_types(logits.dtype, torch.float32),
-        temperature=temperature,
-        length_normalise=length_normalise,
-        title_scores=title_scores,
-        assistant_weight=assistant_weight,
-    )
-    while (chosen := beams.advance(logits)) is not None:
-        logits, mask, position = feed_tokens(model, cache, mask, position, *chosen)
-    return beams.ranked()
-
-
 def smallest_item_of_title(trie: Trie) -> np.ndarray:
     """(n_titles,) the smallest item id with each title: the item a decoded title stands for
     (several items may share a title; docs/formats.md, prediction format)."""
@@ -412,6 +396,7 @@ __all__ = [
     "TrieArrays",
     "constrained_beam_search",
     "encode_prompts",
+    "eval_mode",
     "feed_tokens",
     "left_pad",
     "max_leaf_depth",
