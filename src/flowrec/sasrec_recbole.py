@@ -16,6 +16,7 @@ import copy
 import logging
 import os
 import re
+import sys
 import tempfile
 import time
 import warnings
@@ -180,10 +181,12 @@ def recbole_config(settings: SasrecSettings, data_root: Path, name: str, max_len
         "log_wandb": False,
         "worker": 0,
     }
-    # Config sets CUDA_VISIBLE_DEVICES from gpu_id for the whole process; put the caller's back.
+    # Config sets CUDA_VISIBLE_DEVICES from gpu_id for the whole process; put the caller's back. It also
+    # reads `--key=value` words of sys.argv as settings: hide the caller's command line (pytest, a bench).
     saved = os.environ.get("CUDA_VISIBLE_DEVICES")
     try:
-        return Config(model=SASRec, dataset=name, config_dict=config_dict)
+        with mock.patch.object(sys, "argv", sys.argv[:1]):
+            return Config(model=SASRec, dataset=name, config_dict=config_dict)
     finally:
         if saved is None:
             os.environ.pop("CUDA_VISIBLE_DEVICES", None)
