@@ -85,6 +85,19 @@ class SampledTitles:
     edge_log_reward: torch.Tensor
 
 
+def allowed_ids(allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pack a (B, V) bool mask into token ids (B, K) and a validity mask (B, K), K = most allowed in a row."""
+    counts = allowed.sum(-1)  # (B,)
+    width = max(int(counts.max()), 1)
+    rows, cols = allowed.nonzero(as_tuple=True)  # row-major: a row's tokens are contiguous
+    slot = torch.arange(len(rows), device=allowed.device) - (counts.cumsum(0) - counts)[rows]
+    ids = torch.zeros(allowed.shape[0], width, dtype=torch.long, device=allowed.device)
+    valid = torch.zeros(allowed.shape[0], width, dtype=torch.bool, device=allowed.device)
+    ids[rows, slot] = cols
+    valid[rows, slot] = True
+    return ids, valid
+
+
 @torch.no_grad()
 def sample_continuations(
     model,
@@ -101,23 +114,35 @@ def sample_continuations(
 
     `cache` is extended in place (pass a detached copy). require_flow restricts every step to edges
     with positive flow, so that each sampled title has a finite reward (Flower's training samples).
+    Constrained sampling only needs the logits of the allowed tokens (the softmax is renormalised over
+    them), so after the first token the decoder's last hidden state is multiplied with the output
+    embeddings of those few tokens instead of the whole vocabulary (the LM head is the largest matmul
+    of a small model). This assumes a linear LM head without logit post-processing (Llama, Qwen, SmolLM).
     """
     batch, vocab = first_logits.shape
     device = first_logits.device
+    decoder, head = model.get_decoder(), model.get_output_embeddings()
     nodes = torch.zeros(batch, dtype=torch.long, device=device)  # the root
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
-    pad_column = torch.nn.functional.one_hot(torch.tensor(pad_id, device=device), vocab).bool()  # (V,)
     mask = prompt_mask.clone()
-    logits = first_logits
+    hidden = None
     tokens, rewards, active = [], [], []
     for _ in range(int(trie.depth.max())):
         allowed = trie.allowed_mask(nodes, vocab, require_flow=require_flow)  # (B, V)
-        if not bool((allowed.any(-1) | finished).all()):
+        ids, valid = allowed_ids(allowed)  # (B, K)
+        if not bool((valid[:, 0] | finished).all()):
             raise RuntimeError("sampling reached a trie node with no allowed token (no flow below it?)")
-        # Finished rows emit padding so that the batch advances together.
-        allowed = torch.where(finished.unsqueeze(1), pad_column.unsqueeze(0), allowed)
-        scores = (logits.float() / temperature).masked_fill(~allowed, float("-inf"))
-        token = torch.multinomial(torch.softmax(scores, -1), 1, generator=generator).squeeze(1)  # (B,)
+        if hidden is None:
+            logits = first_logits.gather(1, ids)
+        else:
+            logits = (head.weight[ids] @ hidden.unsqueeze(-1)).squeeze(-1)  # (B, K)
+            if getattr(head, "bias", None) is not None:
+                logits = logits + head.bias[ids]
+        scores = (logits.float() / temperature).masked_fill(~valid, float("-inf"))
+        # Finished rows (no allowed token) emit padding so that the batch advances together.
+        scores[:, 0] = torch.where(finished, 0.0, scores[:, 0])
+        choice = torch.multinomial(torch.softmax(scores, -1), 1, generator=generator)  # (B, 1)
+        token = torch.where(finished, pad_id, ids.gather(1, choice).squeeze(1))
         reward = trie.edge_log_reward_of(torch.where(finished, 0, nodes), token)
         rewards.append(torch.where(finished, 0.0, reward.float()))
         tokens.append(token)
@@ -127,22 +152,20 @@ def sample_continuations(
         if bool(finished.all()):
             break
         mask = torch.cat([mask, active[-1].long().unsqueeze(1)], dim=1)
-        out = model(
+        out = decoder(
             input_ids=token.unsqueeze(1),
             attention_mask=mask,
             position_ids=position_ids(mask)[:, -1:],
             past_key_values=cache,
             use_cache=True,
-            logits_to_keep=1,
         )
-        cache, logits = out.past_key_values, out.logits[:, -1]
+        cache, hidden = out.past_key_values, out.last_hidden_state[:, -1]
     if not bool(finished.all()):
         raise RuntimeError("sampling ran past the trie's depth without reaching a title")
-    title_ids = torch.as_tensor(trie.node_title, device=device)[nodes]
     return SampledTitles(
         tokens=torch.stack(tokens, 1),
         mask=torch.stack(active, 1),
-        title_ids=title_ids,
+        title_ids=trie.title_of(nodes),
         edge_log_reward=torch.stack(rewards, 1),
     )
 
@@ -172,3 +195,45 @@ def sample_titles(
         )
         out.append(sampled.title_ids)
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+
+@torch.no_grad()
+def title_log_probs(
+    model, trie: Trie, prompt: list[int], pad_id: int, temperature: float = 1.0, batch_size: int = 64
+) -> torch.Tensor:
+    """Exact log-probability (n_titles,) that trie-constrained sampling from `prompt` yields each title.
+
+    At every step the sampler renormalises the temperature-scaled softmax over the trie's allowed
+    tokens, so a title's probability is the product of those renormalised token probabilities along its
+    path. The prompt is encoded once; titles are scored `batch_size` at a time on copies of its cache.
+    """
+    device = next(model.parameters()).device
+    ids = torch.tensor([prompt], dtype=torch.long, device=device)
+    cache, first = encode_prompts(model, ids, torch.ones_like(ids))
+    out = []
+    for start in range(0, trie.n_titles, batch_size):
+        titles = range(start, min(start + batch_size, trie.n_titles))
+        paths = [torch.tensor(trie.title_token_ids(t), device=device) for t in titles]
+        tokens, mask = right_pad(paths, pad_id)  # (n, L)
+        n, length = tokens.shape
+        logits = first.expand(n, -1).unsqueeze(1)
+        if length > 1:
+            full = torch.cat([torch.ones(n, ids.shape[1], dtype=torch.long, device=device), mask[:, :-1]], 1)
+            more = model(
+                input_ids=tokens[:, :-1],
+                attention_mask=full,
+                position_ids=position_ids(full)[:, ids.shape[1] :],
+                past_key_values=copy_cache(cache, repeat=n),
+                use_cache=True,
+            ).logits
+            logits = torch.cat([logits, more], 1)  # (n, L, V)
+        nodes = torch.zeros(n, dtype=torch.long, device=device)
+        total = torch.zeros(n, dtype=torch.float64, device=device)
+        for t in range(length):
+            allowed = trie.allowed_mask(nodes.clamp_min(0), logits.shape[-1])
+            scores = (logits[:, t].float() / temperature).masked_fill(~allowed, float("-inf"))
+            logp = torch.log_softmax(scores, -1).gather(1, tokens[:, t : t + 1]).squeeze(1)
+            total += torch.where(mask[:, t].bool(), logp.double(), 0.0)
+            nodes = torch.where(mask[:, t].bool(), trie.step(nodes, tokens[:, t]), nodes)
+        out.append(total)
+    return torch.cat(out)

@@ -35,16 +35,26 @@ def pad_to(x: torch.Tensor, length: int, value: float) -> torch.Tensor:
     return torch.nn.functional.pad(x, (0, length - x.shape[-1]), value=value)
 
 
+def head_log_probs(model, hidden: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """log pi of `tokens` (B, T) from the decoder states (B, T, H) that predict them, 0 where not `mask`.
+
+    The LM head (the largest matmul of a small model) runs on the real tokens only, not on padding.
+    """
+    sel = mask.bool()
+    logits = model.get_output_embeddings()(hidden[sel])  # (N, V)
+    values = token_log_probs(logits.unsqueeze(1), tokens[sel].unsqueeze(1)).squeeze(1)  # (N,)
+    return torch.zeros(tokens.shape, dtype=values.dtype, device=values.device).masked_scatter(sel, values)
+
+
 def sft_losses(model, batch: Batch) -> torch.Tensor:
     """Per-sample (weighted) SFT loss (B,): cross-entropy on the target tokens only."""
     ids = torch.cat([batch.prompt_ids, batch.target_ids], dim=1)
     mask = torch.cat([batch.prompt_mask, batch.target_mask], dim=1)
-    n_target = batch.target_ids.shape[1]
-    # Logits of the last T+1 positions: position P-1+t predicts target token t; the last is unused.
-    out = model(
-        input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), logits_to_keep=n_target + 1
-    )
-    logp = token_log_probs(out.logits[:, :-1], batch.target_ids)  # (B, T)
+    prompt_len, n_target = batch.prompt_ids.shape[1], batch.target_ids.shape[1]
+    out = model.get_decoder()(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask))
+    # The state at position P-1+t predicts target token t.
+    hidden = out.last_hidden_state[:, prompt_len - 1 : prompt_len - 1 + n_target]
+    logp = head_log_probs(model, hidden, batch.target_ids, batch.target_mask)  # (B, T)
     return sft_loss(logp, batch.target_mask, batch.weights)
 
 
@@ -70,19 +80,21 @@ def flower_losses(
     sample_ids, sample_mask = pad_to(sampled.tokens, length, pad_id), pad_to(sampled.mask.long(), length, 0)
     cont = torch.cat([target, sample_ids])  # (2B, L)
     cont_mask = torch.cat([target_mask, sample_mask])
-    logits = first_logits.repeat(2, 1).unsqueeze(1)  # (2B, 1, V): predicts token 0
+    first = token_log_probs(first_logits.repeat(2, 1).unsqueeze(1), cont[:, :1])  # (2B, 1): token 0
+    logp = first
     if length > 1:
-        # The last token's output predicts nothing, so it is not fed.
+        # Tokens 0..L-2 are fed on top of the prompt cache (twice: targets and samples); the last
+        # token's state predicts nothing, so it is not fed.
         full_mask = torch.cat([batch.prompt_mask.repeat(2, 1), cont_mask[:, :-1]], dim=1)
-        out = model(
+        out = model.get_decoder()(
             input_ids=cont[:, :-1],
             attention_mask=full_mask,
             position_ids=position_ids(full_mask)[:, prompt_len:],
             past_key_values=copy_cache(cache, repeat=2),
             use_cache=True,
         )
-        logits = torch.cat([logits, out.logits], dim=1)  # (2B, L, V)
-    logp = token_log_probs(logits, cont)  # (2B, L)
+        rest = head_log_probs(model, out.last_hidden_state, cont[:, 1:], cont_mask[:, 1:])  # (2B, L-1)
+        logp = torch.cat([first, rest], dim=1)  # (2B, L)
     sft = sft_loss(logp[:size], target_mask, batch.weights)
     edge = pad_to(sampled.edge_log_reward, length, 0.0).to(logp.dtype)
     p_ui = None

