@@ -112,7 +112,8 @@ rule distfit_generate:
         trie="results/{dataset}/distfit/trie.npz",
         code=["src/flowrec/distfit.py", "src/flowrec/sampling.py", "src/flowrec/stages/distfit_generate.py"],
     output:
-        "results/{dataset}/distfit/samples/{method}.parquet",
+        samples="results/{dataset}/distfit/samples/{method}.parquet",
+        probs="results/{dataset}/distfit/probs/{method}.parquet",
     log:
         "logs/distfit_generate/{dataset}/{method}.log",
     benchmark:
@@ -136,6 +137,7 @@ rule distfit_table:
         trie="results/{dataset}/distfit/trie.npz",
         tuning_set="results/{dataset}/distfit/tuning_set.parquet",
         samples=expand("results/{{dataset}}/distfit/samples/{method}.parquet", method=DISTFIT_ROWS),
+        probs=expand("results/{{dataset}}/distfit/probs/{method}.parquet", method=DISTFIT_ROWS),
         code=["src/flowrec/distfit.py", "src/flowrec/metrics.py", "src/flowrec/report.py"],
     output:
         csv=report(

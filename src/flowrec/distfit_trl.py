@@ -73,6 +73,14 @@ def _training_rows(log_history: list[dict], steps_per_epoch: int) -> list[dict]:
     return rows
 
 
+def _dequantised_for_trainer(model) -> None:
+    """A GGUF model is dequantised on load (flowrec.model drops its quantizer) but keeps the instance
+    flag `is_quantized`, which makes transformers' Trainer refuse full fine-tuning; its weights are plain
+    fp32 tensors, so clear the flag when no quantizer is left."""
+    if getattr(model, "is_quantized", False) and getattr(model, "hf_quantizer", None) is None:
+        model.is_quantized = False
+
+
 def _common_args(settings: DistfitSettings, out_dir: str) -> dict:
     return dict(
         output_dir=out_dir,
@@ -84,6 +92,11 @@ def _common_args(settings: DistfitSettings, out_dir: str) -> dict:
         warmup_steps=0,
         weight_decay=0.0,
         use_cpu=True,
+        # trl's defaults differ from TrainingArguments: bf16 autocast and gradient checkpointing on. Both
+        # off, so that the trl runs train in fp32 like SFT and Flower, and do not recompute activations.
+        bf16=False,
+        fp16=False,
+        gradient_checkpointing=False,
         report_to="none",
         save_strategy="no",
         logging_steps=1,
@@ -123,6 +136,7 @@ def train_dpo(
         }
     )
     # A LoRA model is its own reference (adapters disabled); a full model needs a frozen copy.
+    _dequantised_for_trainer(model)
     ref = None if hasattr(model, "peft_config") else copy.deepcopy(model).eval()
     with tempfile.TemporaryDirectory(prefix="flowrec-dpo-") as tmp:
         args = DPOConfig(**_common_args(settings, tmp), beta=settings.dpo_beta, max_length=None)
@@ -205,6 +219,7 @@ def train_grpo(
     def title_share(prompts, completions, completion_ids, **_) -> list[float]:
         return [reward_of_path.get(tuple(ids), 0.0) for ids in completion_ids]
 
+    _dequantised_for_trainer(model)
     n_prompts = math.ceil(settings.train_samples / settings.rl_generations)
     data = Dataset.from_dict({"prompt": [text] * n_prompts})
     processor = TrieLogitsProcessor(trie, len(prompt), tokenizer.eos_token_id)

@@ -111,7 +111,8 @@ def hand_trie():
 def test_divergence_table_hand_values():
     trie = hand_trie()
     target = {"a": 1.0, "b": 1.0}
-    table = distfit.divergence_table(target, {"base": ["a", "a"], "flower": ["b", "a"]}, trie)
+    probs = {"flower": {"a": 0.5, "b": 0.5, "c": 0.0}}
+    table = distfit.divergence_table(target, {"base": ["a", "a"], "flower": ["b", "a"]}, trie, probs)
     # T = (1/2, 1/2), R = (1, 0), M = (3/4, 1/4):
     # JS = [1/2 ln(2/3) + 1/2 ln 2 + ln(4/3)] / 2; KL(T||R) with +0.5 on each count: T' = (1/2, 1/2),
     # R' = (5/6, 1/6), so 1/2 ln(3/5) + 1/2 ln 3.
@@ -125,6 +126,7 @@ def test_divergence_table_hand_values():
     token_js = (0.25 * math.log(2 / 3) + 0.25 * math.log(2) + 0.5 * math.log(4 / 3)) / 2
     assert base["token_JS"] == pytest.approx(token_js)
     assert table.loc["Flower", "title_JS"] == pytest.approx(0.0)
+    assert table.loc["Flower", "title_JS_exact"] == pytest.approx(0.0) and np.isnan(base["title_JS_exact"])
     assert table.loc["Flower", "distinct"] == 2 and base["generated"] == 2
     with pytest.raises(ValueError, match="outside the target set"):
         distfit.divergence_table(target, {"base": ["z"]}, trie)
@@ -171,6 +173,21 @@ def tiny():
         {"train_samples": 8, "batch_size": 4, "rl_generations": 4, "learning_rate": 1e-3}
     )
     return tokenizer, target, trie, history_free_prompt_ids(tokenizer), settings
+
+
+def test_title_log_probs_are_the_constrained_distribution(tiny):
+    from flowrec.model import tiny_random_model
+
+    tokenizer, target, trie, prompt, _ = tiny
+    model = tiny_random_model(tokenizer, seed=3)
+    log_p = distfit.title_log_probs(model, trie, prompt, tokenizer.pad_token_id, batch_size=3)
+    assert log_p.shape == (trie.n_titles,) and np.exp(log_p).sum() == pytest.approx(1.0, abs=1e-5)
+    # the sampler draws from exactly this distribution
+    titles = distfit.generate_titles(
+        model, trie, prompt, 4000, tokenizer.pad_token_id, seed=0, batch_size=500
+    )
+    shares = pd.Series(titles).value_counts(normalize=True).reindex(trie.titles, fill_value=0.0)
+    np.testing.assert_allclose(shares.to_numpy(), np.exp(log_p), atol=0.04)
 
 
 def _changed(before: dict, model) -> bool:

@@ -1,5 +1,6 @@
 """Rule distfit_generate: titles sampled at temperature 1 under the target trie from the history-free
-prompt, by the untuned base model (method base) or a tuned one."""
+prompt, by the untuned base model (method base) or a tuned one; and the exact probability of every
+target title under the same constrained policy."""
 
 import torch
 
@@ -34,7 +35,11 @@ def main(snakemake) -> None:
     log.info(
         "%s: %d titles generated, %d distinct of %d", method, len(titles), len(set(titles)), trie.n_titles
     )
-    distfit.write_samples(titles, snakemake.output[0])
+    log_probs = distfit.title_log_probs(
+        model, trie, prompt, tokenizer.pad_token_id, settings.generate_batch_size
+    )
+    distfit.write_samples(titles, snakemake.output.samples)
+    distfit.write_title_probs(trie, log_probs, snakemake.output.probs)
 
 
 if __name__ == "__main__":  # Snakemake runs a script: as __main__

@@ -10,9 +10,12 @@ def main(snakemake) -> None:
     log = log_to(snakemake.log[0])
     target = distfit.read_target(snakemake.input.target)
     samples = {distfit.TUNING_SET: distfit.read_samples(snakemake.input.tuning_set)}
-    for method, path in zip(snakemake.params.methods, snakemake.input.samples, strict=True):
+    probs = {}
+    methods = snakemake.params.methods
+    for method, path, prob in zip(methods, snakemake.input.samples, snakemake.input.probs, strict=True):
         samples[method] = distfit.read_samples(path)
-    table = distfit.divergence_table(target, samples, Trie.load(snakemake.input.trie))
+        probs[method] = distfit.read_title_probs(prob)
+    table = distfit.divergence_table(target, samples, Trie.load(snakemake.input.trie), probs)
     title = f"Distribution fitting on {snakemake.wildcards.dataset}: {len(target)} target titles"
     write_table(table, snakemake.output.csv, snakemake.output.md, title)
     log.info("\n%s", to_markdown(table, title))
