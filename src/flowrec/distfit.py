@@ -33,7 +33,7 @@ import torch
 from flowrec.io import write_parquet
 from flowrec.metrics import aligned_counts, distribution_divergences, js_divergence
 from flowrec.prompts import title_ids_batch
-from flowrec.sampling import right_pad, sample_titles
+from flowrec.sampling import sample_titles
 from flowrec.trie import Trie
 from flowrec.tune.data import TuneData
 
@@ -272,46 +272,9 @@ def generate_titles(
     return [trie.titles[i] for i in ids.tolist()]
 
 
-@torch.no_grad()
-def title_log_probs(
-    model, trie: Trie, prompt: Sequence[int], pad_id: int, batch_size: int = 64
-) -> np.ndarray:
-    """(n_titles,) log P(title) under the trie-constrained policy at temperature 1: the exact distribution
-    `generate_titles` samples from, so a divergence from T can be read without sampling noise.
-
-    Teacher forcing of every title path after the prompt; at each step the log-softmax is taken over
-    the children of the current trie node only, as the constrained sampler renormalises.
-    """
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    out = []
-    for start in range(0, trie.n_titles, batch_size):
-        paths = [
-            torch.tensor(trie.title_token_ids(i))
-            for i in range(start, min(start + batch_size, trie.n_titles))
-        ]
-        tokens, mask = right_pad(paths, pad_id)  # (B, T)
-        tokens, mask = tokens.to(device), mask.to(device).bool()
-        length = tokens.shape[1]
-        prompt_ids = torch.tensor(list(prompt), device=device).expand(len(paths), -1)
-        ids = torch.cat([prompt_ids, tokens[:, :-1]], 1)  # the last token's output predicts nothing
-        attn = torch.cat([torch.ones_like(prompt_ids), mask[:, :-1].long()], 1)
-        logits = model(input_ids=ids, attention_mask=attn, logits_to_keep=length).logits.float()  # (B, T, V)
-        nodes = [torch.zeros(len(paths), dtype=torch.long, device=device)]  # the node before each token
-        for t in range(length - 1):
-            nodes.append(trie.step(nodes[-1], tokens[:, t]))
-        node = torch.stack(nodes, 1)  # (B, T), -1 past a title's end
-        allowed = trie.allowed_mask(node.reshape(-1), logits.shape[-1]).view_as(logits)
-        logp = logits.masked_fill(~allowed, float("-inf")).log_softmax(-1)
-        picked = logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # (B, T)
-        out.append(torch.where(mask, picked, torch.zeros_like(picked)).sum(-1).double().cpu())
-    model.train(was_training)
-    return torch.cat(out).numpy()
-
-
 def write_title_probs(trie: Trie, log_probs: np.ndarray, path: str | Path) -> None:
-    """probs/{method}.parquet: `title` string, `log_prob` float64 (every target title)."""
+    """probs/{method}.parquet: `title` string, `log_prob` float64: log P(title) under the model's
+    trie-constrained policy at temperature 1 (flowrec.sampling.title_log_probs), every target title."""
     write_parquet(
         pa.table(
             {"title": pa.array(trie.titles, pa.string()), "log_prob": pa.array(log_probs, pa.float64())}
@@ -352,7 +315,7 @@ def divergence_table(
 
     Token level: every title counts with its full trie path (title, newline, EOS), the ids the model
     generates. Smoothing and log base: flowrec.metrics.distribution_divergences (natural log).
-    `title_probs[method]` ({title: P}, from `title_log_probs`) adds `title_JS_exact`: JS between T and
+    `title_probs[method]` ({title: P}, flowrec.sampling.title_log_probs) adds `title_JS_exact`: JS between T and
     the model's exact constrained distribution over titles, free of the sampling noise of R.
     """
     token_ids = {t: trie.title_token_ids(i) for i, t in enumerate(trie.titles)}

@@ -175,21 +175,6 @@ def tiny():
     return tokenizer, target, trie, history_free_prompt_ids(tokenizer), settings
 
 
-def test_title_log_probs_are_the_constrained_distribution(tiny):
-    from flowrec.model import tiny_random_model
-
-    tokenizer, target, trie, prompt, _ = tiny
-    model = tiny_random_model(tokenizer, seed=3)
-    log_p = distfit.title_log_probs(model, trie, prompt, tokenizer.pad_token_id, batch_size=3)
-    assert log_p.shape == (trie.n_titles,) and np.exp(log_p).sum() == pytest.approx(1.0, abs=1e-5)
-    # the sampler draws from exactly this distribution
-    titles = distfit.generate_titles(
-        model, trie, prompt, 4000, tokenizer.pad_token_id, seed=0, batch_size=500
-    )
-    shares = pd.Series(titles).value_counts(normalize=True).reindex(trie.titles, fill_value=0.0)
-    np.testing.assert_allclose(shares.to_numpy(), np.exp(log_p), atol=0.04)
-
-
 def _changed(before: dict, model) -> bool:
     return any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
 

@@ -8,6 +8,7 @@ from flowrec import distfit
 from flowrec.logs import log_to
 from flowrec.model import load_base_model, load_tokenizer, load_tuned
 from flowrec.prompts import history_free_prompt_ids
+from flowrec.sampling import title_log_probs
 from flowrec.trie import Trie
 
 
@@ -35,9 +36,9 @@ def main(snakemake) -> None:
     log.info(
         "%s: %d titles generated, %d distinct of %d", method, len(titles), len(set(titles)), trie.n_titles
     )
-    log_probs = distfit.title_log_probs(
-        model, trie, prompt, tokenizer.pad_token_id, settings.generate_batch_size
-    )
+    log_probs = title_log_probs(
+        model, trie, prompt, tokenizer.pad_token_id, batch_size=settings.generate_batch_size
+    ).numpy()
     distfit.write_samples(titles, snakemake.output.samples)
     distfit.write_title_probs(trie, log_probs, snakemake.output.probs)
 
