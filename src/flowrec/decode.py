@@ -8,7 +8,9 @@ leaves). Beams of one prompt follow distinct trie paths, so the returned titles 
 Cost (method.md section 8): the published decoder runs one prompt at a time and prefills it once per
 beam. Here prompts are batched (left padding, attention mask, positions counted over real tokens),
 each prompt is encoded once and its KV cache repeated to its beams, and every later step feeds one
-token per beam on top of the cache; the trie constraint is one boolean (beams, V) mask a step.
+token per beam on top of the cache. The trie constraint is one boolean (beams, V) mask a step
+(Trie.allowed_mask), read as the list of edges out of the live beams: only those are scored and
+ranked, so a constrained step costs no more than an unconstrained one (bench/decode_speed.py).
 
 Scores: sum of log-probabilities of the generated tokens (temperature divides the logits before the
 log-softmax), divided by the number of generated tokens when `length_normalise` (Hugging Face's
