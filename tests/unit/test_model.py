@@ -126,3 +126,17 @@ def test_gguf_tokenizer_cache_is_identical(
         ]
         assert tok.chat_template == converted.chat_template and tok.eos_token_id == converted.eos_token_id
         assert len(tok) == len(converted)
+
+
+@pytest.mark.slow
+def test_embedded_gguf_saves_and_reloads(tmp_path: Path) -> None:
+    """SmolLM2 from the GGUF (dequantised; transformers marks it quantized) saves like any model."""
+    model = load_base_model(EMBEDDED, device="cpu").eval()
+    assert model.dtype == torch.float32 and getattr(model, "hf_quantizer", None) is None
+    tokenizer = load_tokenizer(EMBEDDED)
+    with torch.no_grad():
+        expected = model(INPUT).logits
+    save_tuned(model, tokenizer, tmp_path / "model", EMBEDDED)
+    loaded, _ = load_tuned(tmp_path / "model", device="cpu")
+    with torch.no_grad():
+        assert torch.equal(loaded(INPUT).logits, expected)
