@@ -386,22 +386,3 @@ def describe(model) -> dict:
     n_all = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"parameters": n_all, "trainable": n_train}
-
-
-__all__ = [
-    "EMBEDDED",
-    "TINY_RANDOM",
-    "LoraSettings",
-    "ModelSettings",
-    "TinyRandomSpec",
-    "apply_lora",
-    "default_device",
-    "default_dtype",
-    "describe",
-    "load_base_model",
-    "load_tokenizer",
-    "load_tuned",
-    "resolve_model_source",
-    "save_tuned",
-    "tiny_random_model",
-]

@@ -33,6 +33,7 @@ from flowrec.groups import (  # noqa: F401
     popularity_groups,
     title_history_counts,
     title_rewards_from_histories,
+    title_sequences,
     title_values,
     unique_titles,
 )
@@ -86,22 +87,8 @@ class Trie:
         names = unique_titles(item_titles)
         if not names:
             raise ValueError("item_titles: empty; a trie needs at least one title")
-        if isinstance(title_token_ids, Mapping):
-            seqs = [tuple(int(t) for t in title_token_ids[name]) for name in names]
-        elif callable(title_token_ids):
-            seqs = [tuple(int(t) for t in title_token_ids(name)) for name in names]
-        else:
-            if len(title_token_ids) != len(names):
-                raise ValueError(
-                    f"title_token_ids: {len(title_token_ids)} lists for {len(names)} unique titles"
-                )
-            seqs = [tuple(int(t) for t in ids) for ids in title_token_ids]
+        seqs = title_sequences(title_token_ids, names)
         rewards = title_values(title_rewards, names, "title_rewards")
-        for name, seq in zip(names, seqs, strict=True):
-            if not seq or min(seq) < 0:
-                raise ValueError(
-                    f"title {name!r}: token ids must be non-empty and non-negative, got {list(seq)}"
-                )
 
         order = sorted(range(len(names)), key=seqs.__getitem__)  # title id = rank in token order
         rank_of = np.empty(len(names), dtype=np.int64)
@@ -210,14 +197,6 @@ class Trie:
     def max_token(self) -> int:
         return int(self.child_token.max()) if self.n_edges else -1
 
-    @property
-    def title_leaf(self) -> np.ndarray:
-        """(n_titles,) leaf node of each title."""
-        leaves = np.flatnonzero(self.node_title >= 0)
-        out = np.empty(self.n_titles, dtype=np.int64)
-        out[self.node_title[leaves]] = leaves
-        return out
-
     def title_token_ids(self, title_id: int) -> list[int]:
         return self.title_tokens[self.title_ptr[title_id] : self.title_ptr[title_id + 1]].tolist()
 
@@ -226,19 +205,19 @@ class Trie:
         """title -> title id."""
         return {t: i for i, t in enumerate(self.titles)}
 
-    @property
+    @functools.cached_property
     def flow(self) -> np.ndarray:
         """(n_nodes,) F(node) = sum of R over the titles below it (method.md section 3)."""
         csum = np.concatenate([[0.0], np.cumsum(self.title_reward)])
         return csum[self.leaf_end] - csum[self.leaf_start]
 
-    @property
+    @functools.cached_property
     def log_flow(self) -> np.ndarray:
         """(n_nodes,) log F, -inf where F = 0."""
         with np.errstate(divide="ignore"):
             return np.log(self.flow)
 
-    @property
+    @functools.cached_property
     def node_log_reward(self) -> np.ndarray:
         """(n_nodes,) log R_p of the edge into each node: log F(node) - log F(parent); 0 at the root."""
         log_flow = self.log_flow
@@ -400,11 +379,7 @@ class Trie:
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
 
 
 def build_trie(item_titles: Sequence[str], tokenizer, train_histories=None) -> Trie:
