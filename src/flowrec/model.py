@@ -236,7 +236,8 @@ def load_tokenizer(name_or_path: str):
     Loading from a GGUF file takes seconds, so it is cached per process (the same object is returned to
     every caller; do not mutate it) and on disk (see `_from_pretrained`).
     """
-    return _cached_tokenizer(str(name_or_path))
+    name = str(name_or_path)
+    return _cached_tokenizer(EMBEDDED if name in (TINY_RANDOM, EMBEDDED_PACKAGE) else name)
 
 
 def default_device() -> torch.device:
