@@ -22,7 +22,7 @@ TUNE_CODE = [
 
 rule tune_bigrec:
     input:
-        items="results/{dataset}/data/items.parquet",
+        items_parquet="results/{dataset}/data/items.parquet",
         train="results/{dataset}/data/train.parquet",
         valid="results/{dataset}/data/valid.parquet",
         trie="results/{dataset}/trie/trie.npz",
@@ -54,7 +54,7 @@ rule tune_bigrec:
 
 rule tune_ifairlrs:
     input:
-        items="results/{dataset}/data/items.parquet",
+        items_parquet="results/{dataset}/data/items.parquet",
         train="results/{dataset}/data/train.parquet",
         valid="results/{dataset}/data/valid.parquet",
         trie="results/{dataset}/trie/trie.npz",
@@ -89,7 +89,7 @@ rule tune_ifairlrs:
 
 rule tune_flower:
     input:
-        items="results/{dataset}/data/items.parquet",
+        items_parquet="results/{dataset}/data/items.parquet",
         train="results/{dataset}/data/train.parquet",
         valid="results/{dataset}/data/valid.parquet",
         trie="results/{dataset}/trie/trie.npz",

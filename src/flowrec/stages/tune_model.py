@@ -4,6 +4,8 @@ Runs in this process, or under torchrun with one process per GPU when the rule's
 more than one (`gpu`, or `nproc` to force a process count, e.g. --set-resources tune_flower:nproc=2).
 """
 
+import os
+
 from flowrec.logs import log_to
 from flowrec.tune.run import TuneJob, launch
 
@@ -14,7 +16,7 @@ def main(snakemake) -> None:
     method = params.method
     job = TuneJob(
         method=method,
-        data_dir=str(inp.items).rsplit("/", 1)[0],
+        data_dir=os.path.dirname(inp.train),  # items, train and valid parquet sit together
         trie=inp.trie,
         model_dir=out.model,
         log_csv=out.log_csv,
