@@ -91,7 +91,7 @@ def step_costs(model, trie: Trie, prompts: list[list[int]], beams: int, pad_id: 
     constrained (our BatchBeams.advance: trie mask, log-softmax, top-k, trie step, finished pool) vs
     unconstrained (log-softmax and top-k only), on the same batch, cache and beams (after one step)."""
     device = next(model.parameters()).device
-    arrays = TrieArrays(trie, device, length_normalise=True)
+    arrays = TrieArrays(trie, device)
     with torch.inference_mode():
         cache, logits, mask, position = encode_prompts(model, prompts, pad_id, beams)
         dtype = torch.promote_types(logits.dtype, torch.float32)
@@ -175,6 +175,7 @@ def main() -> None:
             pad_token_id=tokenizer.pad_token_id,
         )
 
+    print("timing ours ...", flush=True)
     ours(prompts[:2])  # warm-up
     synchronize(device)
     start = time.perf_counter()
@@ -183,6 +184,7 @@ def main() -> None:
     ours_per_prompt = (time.perf_counter() - start) / len(prompts)
 
     n_base = args.baseline_prompts or len(prompts)
+    print(f"ours: {ours_per_prompt:.3f} s per prompt; timing HF generate ...", flush=True)
     lookup = PythonTrie(trie)
     with torch.inference_mode():
         hf_constrained_generate(model, tokenizer, lookup, prompts[0], args.beams)  # warm-up
@@ -203,6 +205,7 @@ def main() -> None:
     print(f"time per prompt, ours / HF:        {ours_per_prompt / base_per_prompt:.3f}x (goal <= 0.5x)")
     print(f"agreement with HF: same top-1 {top1:.2f}, top-{args.beams} overlap {overlap:.2f}")
 
+    print("timing one step ...", flush=True)
     costs = step_costs(
         model, trie, prompts[: args.batch_size], args.beams, tokenizer.pad_token_id, args.step_repeats
     )

@@ -76,29 +76,11 @@ def left_pad(prompts: list[list[int]], pad_token_id: int, device: torch.device) 
     return ids.to(device), mask.to(device), positions.to(device)
 
 
-def max_leaf_depth(trie: Trie) -> np.ndarray:
-    """(n_nodes,) depth of the deepest leaf below each node: the longest title a beam there can end in.
-
-    Titles are numbered in DFS order, so a node's titles are [leaf_start, leaf_end) and one reduceat
-    over the titles' leaf depths gives every node's maximum.
-    """
-    leaves = np.flatnonzero(trie.node_title >= 0)
-    depth_of_title = np.zeros(len(trie.titles) + 1, dtype=np.int64)  # + sentinel: reduceat index n_titles
-    depth_of_title[trie.node_title[leaves]] = trie.depth[leaves]
-    bounds = np.stack([trie.leaf_start, trie.leaf_end], axis=1).ravel()
-    return np.maximum.reduceat(depth_of_title, bounds)[::2]
-
-
 class TrieArrays:
-    """The numpy arrays the search reads besides the Trie's own torch methods, as tensors on `device`."""
+    """Trie arrays the search reads besides the Trie's own torch methods, as tensors on `device`."""
 
-    def __init__(self, trie: Trie, device: torch.device, length_normalise: bool):
+    def __init__(self, trie: Trie, device: torch.device):
         self.node_title = torch.as_tensor(np.asarray(trie.node_title, dtype=np.int64), device=device)
-        self.max_depth = (
-            torch.as_tensor(max_leaf_depth(trie), dtype=torch.float64, device=device)
-            if length_normalise
-            else None
-        )
 
 
 def _model_device(model) -> torch.device:
@@ -147,7 +129,7 @@ def constrained_beam_search(
                 f"expected (n_prompts, n_titles) = {(len(prompts), len(trie.titles))}"
             )
     device = _model_device(model)
-    arrays = TrieArrays(trie, device, length_normalise)
+    arrays = TrieArrays(trie, device)
     # Longest prompts first: batches of similar lengths pad little, and memory peaks on the first batch.
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     results: list[Ranked] = [[] for _ in prompts]
@@ -285,7 +267,7 @@ class BatchBeams:
         # Live beams: the best k unfinished candidates of each prompt; empty slots get node -1 (no edges).
         live_scores, pick = top_scores.masked_fill(~valid | finished, -math.inf).topk(k, dim=1)  # (A, k)
         live_nodes = torch.where(torch.isfinite(live_scores), top_child.gather(1, pick), -1)
-        keep = ~self._done(live_scores, live_nodes, pool_scores)
+        keep = ~self._done(live_scores, pool_scores)
         if not bool(keep.any()):
             return None
         self.active = self.active[keep]
@@ -293,22 +275,20 @@ class BatchBeams:
         self.nodes = live_nodes[keep].reshape(-1)
         return parent_row.gather(1, pick)[keep].reshape(-1), top_token.gather(1, pick)[keep].reshape(-1)
 
-    def _done(
-        self, live_scores: torch.Tensor, live_nodes: torch.Tensor, pool_scores: torch.Tensor
-    ) -> torch.Tensor:
-        """(A,) bool: no live beam left, or the pool is full and no live beam can still beat its worst title.
+    def _done(self, live_scores: torch.Tensor, pool_scores: torch.Tensor) -> torch.Tensor:
+        """(A,) bool: no live beam left, or the pool is full and the best live beam cannot beat its worst.
 
-        Every later step adds a score <= 0 (a log-probability, or D3's mix of two), so a live beam's final
-        raw score is at most its current one. Normalised by length, the best it can reach is the current
-        raw score over the deepest leaf below it (raw <= 0): the bound is exact, not a heuristic.
+        Every later step adds a score <= 0 (a log-probability, or D3's mix of two), so without length
+        normalisation a live beam's final score is at most its current one: the rule is exact. With it,
+        the live beam is judged at its current length, Hugging Face's rule (early_stopping=False), as
+        the published decoder stops; a longer continuation could still score a little higher.
         """
-        no_live = ~torch.isfinite(live_scores[:, 0])
-        bound = live_scores
+        best = live_scores[:, 0]  # (A,) live beams are sorted
+        no_live = ~torch.isfinite(best)
         if self.length_normalise:
-            bound = live_scores / self.arrays.max_depth[live_nodes.clamp_min(0)]
-        worst = pool_scores[:, -1:]
-        settled = torch.isfinite(worst[:, 0]) & (bound <= worst).all(dim=1)
-        return no_live | settled
+            best = best / self.step
+        worst = pool_scores[:, -1]
+        return no_live | (torch.isfinite(worst) & (best <= worst))
 
     def ranked(self) -> list[Ranked]:
         """Per prompt of the batch: (title id, score) of the pool, best first."""
@@ -401,7 +381,6 @@ __all__ = [
     "eval_mode",
     "feed_tokens",
     "left_pad",
-    "max_leaf_depth",
     "predictions_table",
     "smallest_item_of_title",
 ]

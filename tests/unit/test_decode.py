@@ -13,7 +13,6 @@ from flowrec.d3 import assistant_log_probs, title_masses
 from flowrec.decode import (
     DecodeSettings,
     constrained_beam_search,
-    max_leaf_depth,
     predictions_table,
     smallest_item_of_title,
 )
@@ -207,10 +206,6 @@ def test_title_masses_sum_items_sharing_a_title_and_helpers(setup):
     np.testing.assert_allclose(masses[:, heat], p_ui[:, 3].astype(float) + p_ui[:, 8].astype(float))
     np.testing.assert_allclose(masses.sum(1), p_ui.astype(float).sum(1))
     assert smallest_item_of_title(trie)[heat] == 3
-    depth = max_leaf_depth(trie)
-    lengths = np.diff(trie.title_ptr)
-    for node in range(trie.n_nodes):
-        assert depth[node] == lengths[trie.leaf_start[node] : trie.leaf_end[node]].max()
 
 
 def test_arguments_are_checked(setup):
