@@ -1,0 +1,142 @@
+"""Stale-only reruns: after a change, `snakemake -n` plans exactly the jobs the change makes stale.
+
+Each scenario dry-runs a copy of the finished tiny workflow (the session's `tiny_workflow`):
+(a) a Flower setting: Flower's tuning, decoding and metrics, then the tables and figures;
+(b) the metrics code (src/flowrec/metrics.py edited; a touch alone reruns nothing): the metrics and
+    what follows them;
+(c) one more dataset in active_datasets: that dataset's jobs and the combined table.
+"""
+
+import os
+import re
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+
+from tests.integration.conftest import run_snakemake
+
+pytestmark = pytest.mark.slow
+
+JOB_HEADER = re.compile(r"^(?:local)?rule (\w+):$")
+# Rules whose code= inputs list src/flowrec/metrics.py
+DIRECT = {"evaluate_method", "distfit_table"}
+
+
+class Job(NamedTuple):
+    rule: str
+    wildcards: dict[str, str]
+    reason: str
+
+
+def planned(workdir: Path, *args: str) -> list[Job]:
+    """Every job `snakemake -n` would run (rule, wildcards, reason), from its job listing."""
+    out = run_snakemake(workdir, "-n", *args).stdout
+    jobs: list[Job] = []
+    for line in out.splitlines():
+        header = JOB_HEADER.match(line)
+        if header:
+            jobs.append(Job(header.group(1), {}, ""))
+        elif jobs and line.startswith("    wildcards: "):
+            pairs = line.removeprefix("    wildcards: ").split(", ")
+            jobs[-1].wildcards.update(pair.split("=", 1) for pair in pairs)
+        elif jobs and line.startswith("    reason: "):
+            jobs[-1] = jobs[-1]._replace(reason=line.removeprefix("    reason: "))
+    return jobs
+
+
+def summary(jobs: list[Job]) -> Counter:
+    """Jobs as 'rule[wildcard values]' -> count, for readable assertion messages."""
+    return Counter(f"{j.rule}[{','.join(j.wildcards.values())}]" if j.wildcards else j.rule for j in jobs)
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_workflow, tmp_path_factory) -> Path:
+    """A copy of the finished tiny workflow (mtimes kept), on which nothing is left to do."""
+    workdir = tmp_path_factory.mktemp("reruns") / "tiny"
+    shutil.copytree(tiny_workflow, workdir, symlinks=True)
+    assert planned(workdir) == [], "the copied tiny workflow is not up to date"
+    return workdir
+
+
+def write_config(workdir: Path, name: str, text: str) -> str:
+    path = workdir / "config" / name
+    path.write_text(text)
+    return str(path.relative_to(workdir))
+
+
+def test_flower_setting_reruns_only_flower(finished):
+    extra = write_config(finished, "flower_lambda.yaml", "flower:\n  lambda: 0.01\n")
+    jobs = planned(finished, "--configfile", "config/tiny.yaml", extra)
+    assert summary(jobs) == Counter(
+        [
+            "tune_flower[ml100k]",
+            "decode[ml100k,flower]",
+            "evaluate_method[ml100k,flower]",
+            "make_tables[ml100k]",
+            "make_figures[ml100k]",
+            "make_combined_table",
+            "all",
+        ]
+    )
+    # the cause Snakemake names: Flower's changed params at the start, then only updated inputs
+    causes = {j.rule: j.reason.split(":")[0] for j in jobs}
+    assert causes.pop("tune_flower") == "Params have changed since last execution", jobs
+    assert set(causes.values()) == {"Input files updated by another job"}, causes
+
+
+def test_metric_code_reruns_only_metrics_and_what_follows(finished):
+    code = finished / "src/flowrec/metrics.py"
+    original, before = code.read_bytes(), code.stat()
+    later = (before.st_atime_ns, time.time_ns())  # newer than every output (mtimes kept in the copy)
+    try:
+        # A newer mtime alone is no change: Snakemake 9 keeps the checksums of small inputs and
+        # compares them when an input looks newer than the outputs.
+        os.utime(code, ns=later)
+        assert planned(finished) == [], "a touch without an edit reran jobs"
+        code.write_bytes(original + b"# an edit that changes the file's content\n")
+        os.utime(code, ns=later)
+        jobs = planned(finished)
+    finally:
+        code.write_bytes(original)
+        os.utime(code, ns=(before.st_atime_ns, before.st_mtime_ns))
+    rules = Counter(j.rule for j in jobs)
+    n_methods = len({j.wildcards["method"] for j in jobs if j.rule == "evaluate_method"})
+    assert n_methods == 7, summary(jobs)
+    # metrics.py's users: evaluate_method (7 methods) and distfit_table; then the tables and figures
+    assert rules == Counter(
+        {
+            "evaluate_method": 7,
+            "distfit_table": 1,
+            "make_tables": 1,
+            "make_figures": 1,
+            "make_combined_table": 1,
+            "all": 1,
+        }
+    ), summary(jobs)
+    assert all(j.reason == "Updated input files: src/flowrec/metrics.py" for j in jobs if j.rule in DIRECT), (
+        jobs
+    )
+    assert planned(finished) == [], "restoring metrics.py did not make the workflow up to date again"
+
+
+def test_new_dataset_runs_only_its_jobs(finished):
+    extra = write_config(
+        finished,
+        "second_dataset.yaml",
+        "active_datasets: [ml100k, ml100k_feb]\n"
+        "datasets:\n"
+        "  ml100k_feb: {source: movielens, window_start: '1998-02', window_end: '1998-03', k_core: 5}\n",
+    )
+    jobs = planned(finished, "--configfile", "config/tiny.yaml", extra)
+    new = [j for j in jobs if j.wildcards.get("dataset") == "ml100k_feb"]
+    others = summary([j for j in jobs if j.wildcards.get("dataset") != "ml100k_feb"])
+    assert others == Counter(["make_combined_table", "all"]), others
+    # the new dataset gets every per-dataset job the first one has (distfit runs on distfit.datasets only)
+    full = planned(finished, "--forceall")
+    per_dataset = Counter(j.rule for j in full if j.wildcards.get("dataset") == "ml100k")
+    per_dataset = Counter({rule: n for rule, n in per_dataset.items() if not rule.startswith("distfit")})
+    assert Counter(j.rule for j in new) == per_dataset, summary(new)
