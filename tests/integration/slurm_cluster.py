@@ -207,7 +207,7 @@ PartitionName=main Nodes=localhost Default=YES MaxTime=INFINITE State=UP
                     "munged",
                     "--force",
                     f"--pid-file={munge_pid}",
-                    f"--log-file={self.state_dir}/munge/munged.log",
+                    f"--log-file={MUNGE_RUN}/munged.log",
                 ],
                 munge_pid,
                 user="munge",
