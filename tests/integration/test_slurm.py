@@ -114,7 +114,23 @@ def _compare(local: Path, remote: Path) -> None:
     elif local.suffix == ".parquet":
         pd.testing.assert_frame_equal(pq.read_table(local).to_pandas(), pq.read_table(remote).to_pandas())
     else:
-        assert json.loads(local.read_text()) == pytest.approx(json.loads(remote.read_text()), rel=1e-6)
+        _assert_close(json.loads(local.read_text()), json.loads(remote.read_text()), str(local))
+
+
+def _assert_close(a, b, where: str) -> None:
+    """Equal JSON values, floats within a relative 1e-6 (nested dicts and lists too)."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for key in a:
+            _assert_close(a[key], b[key], f"{where}:{key}")
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_close(x, y, f"{where}[{i}]")
+    elif isinstance(a, float):
+        assert b == pytest.approx(a, rel=1e-6, abs=1e-12), where
+    else:
+        assert a == b, where
 
 
 def test_outputs_equal_a_local_run(slurm_run, tiny_workflow):
