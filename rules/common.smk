@@ -1,4 +1,6 @@
-# Shared by every rule file: config validation, wildcard constraints, path helpers (get_*).
+# Shared by all the .smk files (functions live here only, rules in the others): config validation,
+# method lists, wildcard constraints, and the input/params helpers (get_*).
+import importlib.util
 import os
 from pathlib import Path
 
@@ -9,7 +11,9 @@ validate(config, "../config/schema.yaml")
 # Rules run stage entries with `script:`; put src/ on the path so that they import the package
 # in any environment (the project venv, or a conda env built from envs/*.yaml).
 _SRC = str(Path(workflow.basedir) / "src")
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_SRC, os.environ.get("PYTHONPATH")) if p)
+# This sets PYTHONPATH rather than reading a user-supplied one, so it is no case for `envvars:`; every
+# job re-parses this file (also on a cluster node), so the setting reaches every job.
+os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (_SRC, os.environ.get("PYTHONPATH")) if p))
 
 DATASETS = list(config["active_datasets"])
 _unknown = [d for d in DATASETS + list(config["distfit"]["datasets"]) if d not in config["datasets"]]
@@ -26,12 +30,14 @@ DECODED_METHODS = {
     "flower": "flower",
 }
 TABLE_METHODS = ["sasrec", *DECODED_METHODS]
-DISTFIT_METHODS = ["base", "sft", "dpo", "ppo", "flower"]
+# trl 1.16 ships no PPO trainer, so the reward-maximising RL row is GRPO (flowrec.distfit_trl).
+DISTFIT_TUNED = ["sft", "dpo", "grpo", "flower"]
+DISTFIT_ROWS = ["base", *DISTFIT_TUNED]
 
 
 wildcard_constraints:
     dataset="|".join(sorted(set(DATASETS) | set(config["distfit"]["datasets"]))),
-    method="|".join(sorted(set(TABLE_METHODS) | set(DISTFIT_METHODS))),
+    method="|".join(sorted(set(TABLE_METHODS) | set(DISTFIT_ROWS))),
 
 
 def get_dataset_settings(wildcards):
@@ -52,3 +58,109 @@ def get_final_outputs():
     for dataset in config["distfit"]["datasets"]:
         outputs += [f"results/{dataset}/distfit/table.csv", f"results/{dataset}/distfit/figure.png"]
     return outputs
+
+
+# --- data stage ---
+
+_AMAZON_DEFAULT_URL = "https://datarepo.eng.ucsd.edu/mcauley_group/data/amazon_v2"
+
+
+def get_download_settings(wildcards):
+    """Only the settings the download uses: changing k_core must not download again."""
+    settings = config["datasets"][wildcards.dataset]
+    return {
+        "category": settings["category"],
+        "base_url": settings.get("base_url", _AMAZON_DEFAULT_URL),
+        "checksums": settings.get("checksums", {}),
+    }
+
+
+def get_prepare_data_inputs(wildcards):
+    """The source files of a dataset, named by role (see flowrec.data.prepare)."""
+    settings = config["datasets"][wildcards.dataset]
+    if settings["source"] == "movielens":
+        # ml-100k inside the installed recbole (flowrec.data.movielens.movielens_folder does the same)
+        spec = importlib.util.find_spec("recbole")
+        folder = os.path.join(next(iter(spec.submodule_search_locations)), "dataset_example", "ml-100k")
+        return {"inter": f"{folder}/ml-100k.inter", "item": f"{folder}/ml-100k.item"}
+    if settings["source"] == "amazon":
+        category = settings["category"]
+        folder = settings.get("raw_dir") or f"results/{wildcards.dataset}/raw"
+        return {"reviews": f"{folder}/{category}.json.gz", "meta": f"{folder}/meta_{category}.json.gz"}
+    folder = settings["import_dir"]
+    files = {name: f"{folder}/{name}.csv" for name in ("train", "valid", "test")}
+    if os.path.exists(f"{folder}/items.tsv"):
+        files["items_tsv"] = f"{folder}/items.tsv"
+    return files
+
+
+# --- decoding ---
+# Keys of the decode block every method uses; temp_temperature and d3_weight reach only their own row.
+_DECODE_SHARED_KEYS = ("test_samples", "seed", "num_beams", "num_return", "batch_size")
+_D3_METHODS = ("d3", "d3_noassist")
+
+if config["decode"]["num_return"] > config["decode"]["num_beams"]:
+    raise ValueError(
+        f"config: decode.num_return={config['decode']['num_return']} exceeds decode.num_beams="
+        f"{config['decode']['num_beams']}; beam search returns at most one title per beam"
+    )
+
+
+def get_tuned_model(wildcards):
+    """The tuned model a decoded method decodes with (DECODED_METHODS in common.smk)."""
+    return f"results/{wildcards.dataset}/tune/{DECODED_METHODS[wildcards.method]}/model"
+
+
+def get_decode_inputs(wildcards):
+    """SASRec's test scores for D3's assistant (d3_noassist keeps the assistant at weight g = 1)."""
+    if wildcards.method in _D3_METHODS:
+        return {"p_ui": f"results/{wildcards.dataset}/sasrec/p_ui_test.npy"}
+    return {}
+
+
+def get_decode_settings(wildcards):
+    """flowrec.decode.DecodeSettings of one method, so that changing temp_temperature reruns only temp.
+
+    temp: decode.temp_temperature. d3: no length normalisation (D3's length_penalty 0) and SASRec's
+    assistant at weight g = decode.d3_weight. d3_noassist: the same with g = 1 (assistant off, the value
+    the published D3 scripts leave it at). Every other method: temperature 1, length-normalised scores.
+    """
+    block = config["decode"]
+    settings = {key: block[key] for key in _DECODE_SHARED_KEYS}
+    settings.update(temperature=1.0, length_normalise=True, assistant_weight=None)
+    if wildcards.method == "temp":
+        settings["temperature"] = block["temp_temperature"]
+    elif wildcards.method in _D3_METHODS:
+        settings["length_normalise"] = False
+        settings["assistant_weight"] = block["d3_weight"] if wildcards.method == "d3" else 1.0
+    return settings
+
+
+# --- distribution fitting ---
+# The distfit keys each rule uses (a change reruns that rule and what follows, nothing else).
+_DISTFIT_TARGET_KEYS = ("target", "top_n", "train_samples", "seed")
+_DISTFIT_TUNE_KEYS = ("train_samples", "epochs", "batch_size", "micro_batch_size", "learning_rate", "seed")
+_DISTFIT_TUNE_METHOD_KEYS = {"flower": ("lambda",), "dpo": ("dpo_beta",), "grpo": ("rl_generations",)}
+_DISTFIT_GENERATE_KEYS = ("generate", "train_samples", "generate_batch_size", "seed")
+
+
+def get_distfit_settings(keys):
+    return {key: config["distfit"][key] for key in keys}
+
+
+def get_distfit_target_inputs(wildcards):
+    """The target file when one is configured (so that editing it reruns the workflow from here)."""
+    target = config["distfit"]["target"]
+    return {"target_file": target} if target else {}
+
+
+def get_distfit_tune_settings(wildcards):
+    """Shared tuning keys plus the method's own (lambda for Flower, beta for DPO, group size for GRPO)."""
+    return get_distfit_settings(_DISTFIT_TUNE_KEYS + _DISTFIT_TUNE_METHOD_KEYS.get(wildcards.method, ()))
+
+
+def get_distfit_generate_inputs(wildcards):
+    """The tuned model, except for the untuned base row."""
+    if wildcards.method == "base":
+        return {}
+    return {"model": f"results/{wildcards.dataset}/distfit/{wildcards.method}/model"}

@@ -1,37 +1,4 @@
 # Data stage (method.md section 2): download (Amazon only), then one rule for every source.
-import importlib.util
-import os
-
-_AMAZON_DEFAULT_URL = "https://datarepo.eng.ucsd.edu/mcauley_group/data/amazon_v2"
-
-
-def get_download_settings(wildcards):
-    """Only the settings the download uses: changing k_core must not download again."""
-    settings = config["datasets"][wildcards.dataset]
-    return {
-        "category": settings["category"],
-        "base_url": settings.get("base_url", _AMAZON_DEFAULT_URL),
-        "checksums": settings.get("checksums", {}),
-    }
-
-
-def get_prepare_data_inputs(wildcards):
-    """The source files of a dataset, named by role (see flowrec.data.prepare)."""
-    settings = config["datasets"][wildcards.dataset]
-    if settings["source"] == "movielens":
-        # ml-100k inside the installed recbole (flowrec.data.movielens.movielens_folder does the same)
-        spec = importlib.util.find_spec("recbole")
-        folder = os.path.join(next(iter(spec.submodule_search_locations)), "dataset_example", "ml-100k")
-        return {"inter": f"{folder}/ml-100k.inter", "item": f"{folder}/ml-100k.item"}
-    if settings["source"] == "amazon":
-        category = settings["category"]
-        folder = settings.get("raw_dir") or f"results/{wildcards.dataset}/raw"
-        return {"reviews": f"{folder}/{category}.json.gz", "meta": f"{folder}/meta_{category}.json.gz"}
-    folder = settings["import_dir"]
-    files = {name: f"{folder}/{name}.csv" for name in ("train", "valid", "test")}
-    if os.path.exists(f"{folder}/items.tsv"):
-        files["items_tsv"] = f"{folder}/items.tsv"
-    return files
 
 
 rule download_amazon:

@@ -2,37 +2,6 @@
 # titles with counts, one base model tuned four ways on the history-free prompt, titles sampled under
 # the target trie, and their divergence from the target.
 
-# trl 1.16 ships no PPO trainer, so the reward-maximising RL row is GRPO (flowrec.distfit_trl).
-DISTFIT_TUNED = ["sft", "dpo", "grpo", "flower"]
-DISTFIT_ROWS = ["base", *DISTFIT_TUNED]
-# The distfit keys each rule uses (a change reruns that rule and what follows, nothing else).
-_DISTFIT_TARGET_KEYS = ("target", "top_n", "train_samples", "seed")
-_DISTFIT_TUNE_KEYS = ("train_samples", "epochs", "batch_size", "micro_batch_size", "learning_rate", "seed")
-_DISTFIT_TUNE_METHOD_KEYS = {"flower": ("lambda",), "dpo": ("dpo_beta",), "grpo": ("rl_generations",)}
-_DISTFIT_GENERATE_KEYS = ("generate", "train_samples", "generate_batch_size", "seed")
-
-
-def get_distfit_settings(keys):
-    return {key: config["distfit"][key] for key in keys}
-
-
-def get_distfit_target_inputs(wildcards):
-    """The target file when one is configured (so that editing it reruns the workflow from here)."""
-    target = config["distfit"]["target"]
-    return {"target_file": target} if target else {}
-
-
-def get_distfit_tune_settings(wildcards):
-    """Shared tuning keys plus the method's own (lambda for Flower, beta for DPO, group size for GRPO)."""
-    return get_distfit_settings(_DISTFIT_TUNE_KEYS + _DISTFIT_TUNE_METHOD_KEYS.get(wildcards.method, ()))
-
-
-def get_distfit_generate_inputs(wildcards):
-    """The tuned model, except for the untuned base row."""
-    if wildcards.method == "base":
-        return {}
-    return {"model": f"results/{wildcards.dataset}/distfit/{wildcards.method}/model"}
-
 
 rule distfit_target:
     input:
