@@ -82,48 +82,69 @@ def incomplete_files(workdir: Path) -> tuple[set[str], str]:
     return listed, text
 
 
-def test_kill_mid_job_then_rerun_incomplete(finished):
-    cmd = [SNAKEMAKE, "--cores", "2", "--configfile", "config/tiny.yaml", "--forcerun", "tune_flower"]
+def test_kill_mid_training_then_rerun_incomplete_resumes(finished):
+    """A run killed between Flower's two epochs resumes from the epoch-1 checkpoint on rerun and
+    ends with the metrics of the uninterrupted run (the session's tiny workflow)."""
+    flower_metrics = finished / "results/ml100k/metrics/flower.json"
+    uninterrupted = json.loads(flower_metrics.read_text())
+    # A fresh run's state for Flower: its tuned model and everything made from it do not exist yet.
+    shutil.rmtree(finished / "results/ml100k/tune/flower")
+    (finished / "results/ml100k/predictions/flower.parquet").unlink()
+    flower_metrics.unlink()
+    last = finished / "results/ml100k/tune/flower/checkpoints/last.pt"
+
+    cmd = [SNAKEMAKE, "--cores", "2", "--configfile", "config/tiny.yaml"]
     proc = subprocess.Popen(
         cmd, cwd=finished, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
-    markers = finished / ".snakemake/incomplete"
-    deadline = time.monotonic() + 600
+    deadline = time.monotonic() + 900
     try:
-        while not (markers.is_dir() and any(markers.iterdir())):
-            assert proc.poll() is None, "snakemake ended before tune_flower started"
-            assert time.monotonic() < deadline, "tune_flower did not start within 10 minutes"
-            time.sleep(0.1)
-        time.sleep(3)  # into the job (model loaded, training)
-        assert proc.poll() is None, "the run ended before it could be killed"
+        while not last.is_file():  # written atomically after epoch 1 of 2
+            assert proc.poll() is None, "snakemake ended before Flower's first checkpoint"
+            assert time.monotonic() < deadline, "no checkpoint within 15 minutes"
+            time.sleep(0.02)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # Snakemake, its job and the job's children at once
         proc.wait()
+    assert not (finished / "results/ml100k/tune/flower/model").exists(), "killed too late: Flower finished"
 
     # A killed Snakemake leaves its lock behind: the next run refuses, saying so, until --unlock
     locked = run_snakemake(finished, "-n", check=False)
     assert "Directory cannot be locked" in locked.stdout + locked.stderr
     run_snakemake(finished, "--unlock")
+    # The per-epoch training log exists under its final name, half done: Snakemake must hold it as
+    # incomplete (and refuse to go on without --rerun-incomplete).
     incomplete, text = incomplete_files(finished)
-    assert incomplete, f"after the kill Snakemake holds nothing as incomplete:\n{text[-3000:]}"
-    assert any(p.startswith("results/ml100k/tune/flower") for p in incomplete), incomplete
+    assert "results/ml100k/tune/flower/log.csv" in incomplete, text[-3000:]
     # Every other file under a final name is whole; temporary files (".<name>.*.part") are not final names.
     for path in sorted((finished / "results").rglob("*")):
         rel = str(path.relative_to(finished))
-        if not path.is_file() or path.name.endswith(".part"):
+        if not path.is_file() or path.name.endswith(".part") or "/checkpoints/" in rel:
             continue
         if any(rel == p or rel.startswith(p + "/") for p in incomplete):
             continue
         assert is_readable(path), f"{rel} is not incomplete for Snakemake but does not parse in full"
 
     proc = run_snakemake(finished, "--rerun-incomplete", timeout=1800)
-    assert "tune_flower" in proc.stdout + proc.stderr
+    log = (finished / "logs/tune_flower/ml100k.log").read_text()
+    assert "resumed from" in log and "after epoch 0" in log, log[-3000:]
+    resumed = json.loads(flower_metrics.read_text())
+    assert _same_json(resumed, uninterrupted), (resumed, uninterrupted)
+    assert not last.exists(), "a finished job keeps its checkpoint (a forced rerun would not train)"
     assert incomplete_files(finished)[0] == set()
     again = run_snakemake(finished, "-n")
     assert "Nothing to be done" in again.stdout + again.stderr
-    for path in (finished / "results/ml100k").glob("*/*"):
-        if path.is_file() and not path.name.endswith(".part"):
-            assert is_readable(path), path
+
+
+def _same_json(a, b, rel: float = 1e-6) -> bool:
+    """Nested JSON equality with floats compared within `rel`."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_json(a[k], b[k], rel) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same_json(x, y, rel) for x, y in zip(a, b))
+    if isinstance(a, float) or isinstance(b, float):
+        return a == pytest.approx(b, rel=rel, abs=1e-12)
+    return a == b
 
 
 def _mount_tmpfs(target: Path, options: str) -> None:

@@ -5,6 +5,7 @@ targets and trie paths are the same ids), a loss weight (1, or IFairLRS's group 
 Flower, the normalised SASRec score of every title for that sample's history (p_ui, method.md sec. 4).
 """
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +44,15 @@ class TuneData:
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def digest(self) -> str:
+        """A content hash of the samples: a checkpoint only resumes on the data it was trained on."""
+        h = hashlib.sha256(np.ascontiguousarray(self.rows).tobytes())
+        for tensor in (*self.prompts, *self.targets, self.weights, self.target_titles):
+            h.update(tensor.numpy().tobytes())
+        if self.p_ui is not None:
+            h.update(self.p_ui.numpy().tobytes())
+        return h.hexdigest()
 
     def batch(self, index: np.ndarray | list[int], pad_id: int, device: torch.device | str = "cpu") -> Batch:
         """Collate samples `index` (positions in this object, not split rows) into a Batch on `device`."""

@@ -223,7 +223,7 @@ def train(
 ) -> TrainResult:
     """Fine-tune `model` in place with `method`; on return it holds the best epoch's weights.
 
-    Resumes from paths.checkpoints/last.pt when it was written with the same method and settings.
+    Resumes from paths.checkpoints/last.pt when it was written with the same method, settings and data.
     `on_checkpoint(epoch)` runs after each epoch's checkpoint (tests use it to interrupt a run).
     """
     if method not in METHODS:
@@ -263,6 +263,8 @@ def train(
             "granularity": objective.granularity if objective else None,
             "world_size": size,
             "n_train": len(train_data),
+            "data": train_data.digest(),
+            "valid": valid_data.digest(),
         },
         sort_keys=True,
     )

@@ -108,6 +108,10 @@ def run_job(job: TuneJob) -> dict:
     )
     if world()[0] == 0:
         save_tuned(model, tokenizer, job.model_dir, model_settings.name_or_path)
+        # Checkpoints serve only a rerun of an interrupted job; a finished one must train afresh
+        # when forced (--forcerun), not "resume" past its last epoch.
+        for name in ("last.pt", "best.pt"):
+            (Path(job.checkpoints) / name).unlink(missing_ok=True)
     return {
         "best_epoch": result.best_epoch,
         "best_valid_loss": result.best_valid_loss,
