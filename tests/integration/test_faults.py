@@ -141,7 +141,7 @@ def _same_json(a, b, rel: float = 1e-6) -> bool:
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(_same_json(a[k], b[k], rel) for k in a)
     if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_same_json(x, y, rel) for x, y in zip(a, b))
+        return len(a) == len(b) and all(_same_json(x, y, rel) for x, y in zip(a, b, strict=True))
     if isinstance(a, float) or isinstance(b, float):
         return a == pytest.approx(b, rel=rel, abs=1e-12)
     return a == b
