@@ -15,6 +15,9 @@ _SRC = str(Path(workflow.basedir) / "src")
 # job re-parses this file (also on a cluster node), so the setting reaches every job.
 os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (_SRC, os.environ.get("PYTHONPATH")) if p))
 
+if os.path.exists("results") and not os.path.isdir("results"):
+    raise ValueError(f"results is not a folder ({os.path.abspath('results')}): move it away; outputs go there")
+
 DATASETS = list(config["active_datasets"])
 _unknown = [d for d in DATASETS + list(config["distfit"]["datasets"]) if d not in config["datasets"]]
 if _unknown:

@@ -33,7 +33,8 @@ def run_snakemake(
     workdir: Path, *args: str, check: bool = True, timeout: int = 1200
 ) -> subprocess.CompletedProcess:
     """Run snakemake on the tiny config in `workdir`; on failure show its output."""
-    cmd = [SNAKEMAKE, "--cores", "2", "--configfile", "config/tiny.yaml", *args]
+    # --configfile takes several values: it comes before --cores so that a target in args stays a target
+    cmd = [SNAKEMAKE, "--configfile", "config/tiny.yaml", "--cores", "2", *args]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout, env=env)
     if check and proc.returncode != 0:
