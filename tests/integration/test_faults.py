@@ -112,7 +112,8 @@ def test_kill_mid_training_then_rerun_incomplete_resumes(finished):
     assert not (finished / "results/ml100k/tune/flower/model").exists(), "killed too late: Flower finished"
 
     # A killed Snakemake leaves its lock behind: the next run refuses, saying so, until --unlock
-    locked = run_snakemake(finished, "-n", check=False)
+    # (a dry run takes no lock, so a real one asks; it would refuse the incomplete files anyway)
+    locked = run_snakemake(finished, target, check=False)
     assert "Directory cannot be locked" in locked.stdout + locked.stderr
     run_snakemake(finished, "--unlock")
     # The per-epoch training log exists under its final name, half done: Snakemake must hold it as
