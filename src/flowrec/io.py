@@ -1,7 +1,9 @@
 """Atomic writes: a crash never leaves a half-written file under its final name."""
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -9,6 +11,10 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+# Below this many free bytes a failed write is reported as a full disk: some writers (torch.save's
+# zip writer) turn ENOSPC into a bare "iostream error" that names neither the cause nor the file.
+_FULL_DISK_BYTES = 1 << 20
 
 
 @contextmanager
@@ -21,7 +27,17 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        tmp_path.chmod(0o644)  # mkstemp creates 0600; outputs are read by other users and jobs
         os.replace(tmp_path, path)
+    except Exception as err:
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            raise
+        free = shutil.disk_usage(path.parent).free
+        if free < _FULL_DISK_BYTES:
+            raise OSError(
+                errno.ENOSPC, f"No space left on device while writing {path} ({free} bytes free; {err})"
+            ) from err
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
