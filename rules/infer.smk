@@ -18,6 +18,8 @@ rule decode:
             "src/flowrec/prompts.py",
             "src/flowrec/model.py",
             "src/flowrec/subsets.py",
+            "src/flowrec/decode_run.py",
+            "src/flowrec/distributed.py",
             "src/flowrec/stages/decode_test.py",
         ],
     output:

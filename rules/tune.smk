@@ -16,6 +16,8 @@ TUNE_CODE = [
     "src/flowrec/tune/losses.py",
     "src/flowrec/tune/loop.py",
     "src/flowrec/tune/run.py",
+    "src/flowrec/distributed.py",
+    "src/flowrec/io.py",
     "src/flowrec/stages/tune_model.py",
 ]
 

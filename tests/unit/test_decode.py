@@ -217,9 +217,8 @@ def test_arguments_are_checked(setup):
         DecodeSettings.from_params({"num_beams": 2, "beams": 3})
 
 
-def test_stage_writes_predictions_for_the_seeded_subset(setup, tmp_path):
-    from flowrec.stages.decode_test import main
-
+def stage_inputs(setup, tmp_path, nproc: int = 1) -> SimpleNamespace:
+    """The decode rule's `snakemake` object for D3 on 3 of 4 toy test samples, run in `nproc` processes."""
     tokenizer, model, trie, _ = setup
     save_tuned(model, tokenizer, tmp_path / "model", "tiny-random")
     trie.save(tmp_path / "trie.npz")
@@ -230,9 +229,11 @@ def test_stage_writes_predictions_for_the_seeded_subset(setup, tmp_path):
     histories = [[0, 3], [2, 4, 5], [1], [6, 7, 8, 2]]
     test = pa.table({"history": pa.array(histories, type=pa.list_(pa.int64())), "target": [1, 2, 3, 4]})
     pq.write_table(test, tmp_path / "test.parquet")
-    np.save(tmp_path / "p_ui.npy", np.full((4, len(ITEMS)), 1 / len(ITEMS), dtype=np.float16))
+    np.save(
+        tmp_path / "p_ui.npy", np.random.default_rng(0).dirichlet(np.ones(len(ITEMS)), 4).astype(np.float16)
+    )
     settings = dict(test_samples=3, seed=0, num_beams=4, num_return=3, batch_size=2)
-    snakemake = SimpleNamespace(
+    return SimpleNamespace(
         input=SimpleNamespace(
             **{
                 k: str(tmp_path / v)
@@ -253,17 +254,37 @@ def test_stage_writes_predictions_for_the_seeded_subset(setup, tmp_path):
         ),
         wildcards=SimpleNamespace(dataset="toy", method="d3"),
         threads=1,
+        resources=SimpleNamespace(gpu=0, nproc=nproc),
     )
+
+
+def test_stage_writes_predictions_for_the_seeded_subset(setup, tmp_path):
+    from flowrec.stages.decode_test import main
+    from flowrec.subsets import seeded_subset
+
+    snakemake = stage_inputs(setup, tmp_path)
     main(snakemake)
     table = pq.read_table(snakemake.output[0])
     assert table.schema.field("titles").type == pa.list_(pa.string())
     rows = table.to_pylist()
     assert len(rows) == 3 and all(len(r["titles"]) == 3 for r in rows)
-    from flowrec.subsets import seeded_subset
-
     assert [r["sample"] for r in rows] == seeded_subset(4, 3, 0).tolist()
     for r in rows:
         assert all(
             ITEMS[i] == t and ITEMS.index(t) == i for t, i in zip(r["titles"], r["item_ids"], strict=True)
         )
     assert "per prompt" in (tmp_path / "decode.log").read_text()
+
+
+@pytest.mark.slow
+def test_two_processes_decode_what_one_does(setup, tmp_path):
+    """torchrun with 2 gloo processes, prompts dealt out round-robin: the one-process predictions."""
+    from flowrec.stages.decode_test import main
+
+    one, two = stage_inputs(setup, tmp_path / "one"), stage_inputs(setup, tmp_path / "two", nproc=2)
+    main(one)
+    main(two)
+    a, b = pq.read_table(one.output[0]).to_pylist(), pq.read_table(two.output[0]).to_pylist()
+    assert [(r["sample"], r["titles"]) for r in a] == [(r["sample"], r["titles"]) for r in b]
+    np.testing.assert_allclose([r["scores"] for r in b], [r["scores"] for r in a], rtol=1e-5)
+    assert "2 process(es)" in (tmp_path / "two/decode.log").read_text()

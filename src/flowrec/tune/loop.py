@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from flowrec.distributed import world
 from flowrec.io import atomic_path
 from flowrec.tune.data import TuneData
 from flowrec.tune.forward import FlowerObjective, flower_losses, sft_losses
@@ -89,13 +90,6 @@ class TrainResult:
     best_valid_loss: float = math.inf
     epochs_run: int = 0
     resumed_from_epoch: int | None = None
-
-
-def world() -> tuple[int, int]:
-    """(rank, world size): (0, 1) outside torch.distributed."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def _all_sum(values: torch.Tensor) -> torch.Tensor:

@@ -8,8 +8,6 @@ nproc is 1, else under `torch.distributed.run --standalone` on this machine.
 
 import json
 import logging
-import os
-import subprocess
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,14 +15,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch.distributed as dist
 
+from flowrec.distributed import process_device, process_group, torchrun, world
 from flowrec.model import ModelSettings, load_base_model, load_tokenizer, save_tuned
 from flowrec.subsets import seeded_subset
 from flowrec.trie import Trie
 from flowrec.tune.data import build_tune_data, group_weights
 from flowrec.tune.forward import FlowerObjective
-from flowrec.tune.loop import METHODS, FlowerSettings, TrainPaths, TuneSettings, train, world
+from flowrec.tune.loop import METHODS, FlowerSettings, TrainPaths, TuneSettings, train
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +49,6 @@ class TuneJob:
     device: str | None = None  # default: cuda:{LOCAL_RANK} when CUDA is available, else cpu
 
 
-def _device(job: TuneJob) -> torch.device:
-    if job.device:
-        return torch.device(job.device)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
-
-
 def run_job(job: TuneJob) -> dict:
     """Train `job.method` and (rank 0) save the model; returns a summary for the log."""
     if job.method not in METHODS:
@@ -67,7 +57,7 @@ def run_job(job: TuneJob) -> dict:
     model_settings = ModelSettings.from_config(job.model)
     flower = FlowerSettings.from_config(job.flower or {})
     max_history = int(job.prompt.get("max_history", 10))
-    device = _device(job)
+    device = process_device(job.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     data = Path(job.data_dir)
@@ -127,10 +117,7 @@ def launch(job: TuneJob, nproc: int = 1) -> None:
     spec = Path(job.checkpoints) / "job.json"
     spec.parent.mkdir(parents=True, exist_ok=True)
     spec.write_text(json.dumps(asdict(job), indent=2))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    cmd += ["-m", "flowrec.tune.run", str(spec)]
-    log.info("launching: %s", " ".join(cmd))
-    subprocess.run(cmd, check=True)
+    torchrun("flowrec.tune.run", spec, nproc)
 
 
 def main(argv: list[str]) -> None:
@@ -138,16 +125,10 @@ def main(argv: list[str]) -> None:
         raise SystemExit("usage: python -m flowrec.tune.run JOB.json   (normally through torchrun)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     job = TuneJob(**json.loads(Path(argv[0]).read_text()))
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if distributed:
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-    try:
+    with process_group():
         summary = run_job(job)
         if world()[0] == 0:
             log.info("summary: %s", summary)
-    finally:
-        if distributed:
-            dist.destroy_process_group()
 
 
 if __name__ == "__main__":
