@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CORES ?= 2
 
-.PHONY: run test lint report clean
+.PHONY: run test test-fast lint report clean
 
 $(VENV)/.installed: pyproject.toml
 	python3.11 -m venv $(VENV)
@@ -24,7 +24,13 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check src tests bench
 	$(VENV)/bin/snakemake --lint --cores 1
 
+# Everything, the SLURM test included (it skips, saying why, without root or Debian's SLURM packages);
+# it shares the tiny workflow's local run with the other integration tests, so one pytest session.
 test: $(VENV)/.installed lint
+	$(VENV)/bin/pytest --durations=15 tests
+
+# Without the one-node SLURM cluster.
+test-fast: $(VENV)/.installed lint
 	$(VENV)/bin/pytest -m "not slurm" tests
 
 clean:
