@@ -140,3 +140,40 @@ def test_new_dataset_runs_only_its_jobs(finished):
     per_dataset = Counter(j.rule for j in full if j.wildcards.get("dataset") == "ml100k")
     per_dataset = Counter({rule: n for rule, n in per_dataset.items() if not rule.startswith("distfit")})
     assert Counter(j.rule for j in new) == per_dataset, summary(new)
+
+
+def test_data_setting_reruns_the_data_stage_and_what_follows(finished):
+    extra = write_config(finished, "data_setting.yaml", "datasets:\n  ml100k:\n    max_history: 8\n")
+    jobs = planned(finished, "--configfile", "config/tiny.yaml", extra)
+    causes = {j.rule: j.reason.split(":")[0] for j in jobs}
+    # the data stage is the only job whose own settings changed; every other job reruns because its
+    # inputs are rewritten (here that is every job: all of them stand on the data)
+    assert causes.pop("prepare_data") == "Params have changed since last execution", jobs
+    assert set(causes.values()) == {"Input files updated by another job"}, causes
+    assert summary(jobs) == summary(planned(finished, "--forceall"))
+
+
+def test_sasrec_setting_reruns_sasrec_and_its_users_only(finished):
+    extra = write_config(finished, "sasrec_setting.yaml", "sasrec:\n  hidden_size: 8\n")
+    jobs = planned(finished, "--configfile", "config/tiny.yaml", extra)
+    # p_ui feeds Flower's rewards (training) and D3's assistant (decoding); nothing upstream reruns
+    assert summary(jobs) == Counter(
+        [
+            "train_sasrec[ml100k]",
+            "evaluate_method[ml100k,sasrec]",
+            "tune_flower[ml100k]",
+            "decode[ml100k,flower]",
+            "evaluate_method[ml100k,flower]",
+            "decode[ml100k,d3]",
+            "evaluate_method[ml100k,d3]",
+            "decode[ml100k,d3_noassist]",
+            "evaluate_method[ml100k,d3_noassist]",
+            "make_tables[ml100k]",
+            "make_figures[ml100k]",
+            "make_combined_table",
+            "all",
+        ]
+    )
+    causes = {j.rule: j.reason.split(":")[0] for j in jobs}
+    assert causes.pop("train_sasrec") == "Params have changed since last execution", jobs
+    assert set(causes.values()) == {"Input files updated by another job"}, causes
