@@ -62,6 +62,13 @@ def finished(tiny_workflow, tmp_path_factory) -> Path:
     return workdir
 
 
+def assert_changed_params_then_inputs(jobs: list[Job], changed: str) -> None:
+    """`changed` reruns because its own params changed; every other job only because its inputs did."""
+    causes = {j.rule: j.reason.split(":")[0] for j in jobs}
+    assert causes.pop(changed) == "Params have changed since last execution", jobs
+    assert set(causes.values()) == {"Input files updated by another job"}, causes
+
+
 def write_config(workdir: Path, name: str, text: str) -> str:
     path = workdir / "config" / name
     path.write_text(text)
@@ -83,9 +90,7 @@ def test_flower_setting_reruns_only_flower(finished):
         ]
     )
     # the cause Snakemake names: Flower's changed params at the start, then only updated inputs
-    causes = {j.rule: j.reason.split(":")[0] for j in jobs}
-    assert causes.pop("tune_flower") == "Params have changed since last execution", jobs
-    assert set(causes.values()) == {"Input files updated by another job"}, causes
+    assert_changed_params_then_inputs(jobs, "tune_flower")
 
 
 def test_metric_code_reruns_only_metrics_and_what_follows(finished):
@@ -145,11 +150,7 @@ def test_new_dataset_runs_only_its_jobs(finished):
 def test_data_setting_reruns_the_data_stage_and_what_follows(finished):
     extra = write_config(finished, "data_setting.yaml", "datasets:\n  ml100k:\n    max_history: 8\n")
     jobs = planned(finished, "--configfile", "config/tiny.yaml", extra)
-    causes = {j.rule: j.reason.split(":")[0] for j in jobs}
-    # the data stage is the only job whose own settings changed; every other job reruns because its
-    # inputs are rewritten (here that is every job: all of them stand on the data)
-    assert causes.pop("prepare_data") == "Params have changed since last execution", jobs
-    assert set(causes.values()) == {"Input files updated by another job"}, causes
+    assert_changed_params_then_inputs(jobs, "prepare_data")
     assert summary(jobs) == summary(planned(finished, "--forceall"))
 
 
@@ -174,6 +175,4 @@ def test_sasrec_setting_reruns_sasrec_and_its_users_only(finished):
             "all",
         ]
     )
-    causes = {j.rule: j.reason.split(":")[0] for j in jobs}
-    assert causes.pop("train_sasrec") == "Params have changed since last execution", jobs
-    assert set(causes.values()) == {"Input files updated by another job"}, causes
+    assert_changed_params_then_inputs(jobs, "train_sasrec")
