@@ -12,6 +12,8 @@ The node advertises `cpus` CPUs, `gpus` GPUs (a gpu GRES whose device files are 
 and `real_memory_mb` MB (SlurmdParameters=config_overrides: slurmd reports the configured values, not
 what it measures), so that the requests of profiles/slurm, sized for a GPU node, are scheduled as on a
 GPU cluster. Nothing enforces them (no cgroups), and the jobs run on the CPU: the test checks scheduling and the workflow, not GPU code.
+The defaults (16 CPUs, 4 GPUs, 256 GB) let up to four of the profile's training jobs run at once: the
+tiny jobs are mostly single-threaded start-up, so on a 2-core machine that shortens the test's run.
 
 By hand (as root):
     python tests/integration/slurm_cluster.py start /tmp/flowrec-slurm
@@ -88,7 +90,7 @@ class LocalSlurm:
     state_dir holds the daemons' state, spool, logs and PID files. Use as a context manager.
     """
 
-    def __init__(self, state_dir: Path, cpus: int = 8, real_memory_mb: int = 65536, gpus: int = 2):
+    def __init__(self, state_dir: Path, cpus: int = 16, real_memory_mb: int = 262144, gpus: int = 4):
         self.state_dir = Path(state_dir).resolve()
         self.cpus = cpus
         self.real_memory_mb = real_memory_mb
@@ -286,9 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("action", choices=["start", "stop"])
     parser.add_argument("state_dir", type=Path, help="folder for the daemons' state, logs and PID files")
-    parser.add_argument("--cpus", type=int, default=8, help="CPUs the node advertises")
-    parser.add_argument("--gpus", type=int, default=2, help="GPUs the node advertises (GRES count)")
-    parser.add_argument("--memory-mb", type=int, default=65536, help="RealMemory the node advertises")
+    parser.add_argument("--cpus", type=int, default=16, help="CPUs the node advertises")
+    parser.add_argument("--gpus", type=int, default=4, help="GPUs the node advertises (GRES count)")
+    parser.add_argument("--memory-mb", type=int, default=262144, help="RealMemory the node advertises")
     args = parser.parse_args(argv)
     if args.action == "stop":
         _stop_from_files(args.state_dir)
