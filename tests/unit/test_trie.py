@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+import yaml
 
 from flowrec.groups import group_shares, popularity_groups, title_history_counts
 from flowrec.prompts import sample_ids, split_token_ids, title_ids, title_ids_batch
@@ -289,9 +290,17 @@ def test_generated_split_targets_are_trie_paths(tmp_path: Path, tokenizer) -> No
 
 
 @pytest.mark.slow
-def test_ml100k_targets_are_trie_paths(tokenizer) -> None:
-    data = REPO / "results" / "ml100k" / "data"
-    if not (data / "train.parquet").exists():
-        pytest.skip(f"{data} not built (run the data stage first)")
+def test_ml100k_targets_are_trie_paths(tmp_path: Path, tokenizer) -> None:
+    """The whole of MovieLens-100K (the embedded default's data stage, settings of config.yaml)."""
+    from flowrec.data import DatasetSettings, prepare, write_prepared
+    from flowrec.data.movielens import movielens_files
+
+    block = yaml.safe_load((REPO / "config.yaml").read_text())["datasets"]["ml100k"]
+    data = tmp_path / "data"
+    out = {name: data / f"{name}.parquet" for name in ("items", "train", "valid", "test")}
+    out |= {"stats": data / "stats.json"} | {
+        f"d3_{n}": data / f"d3/{n}.csv" for n in ("train", "valid", "test")
+    }
+    write_prepared(prepare(DatasetSettings.from_dict(block, "ml100k"), movielens_files()), out)
     trie, _, _ = build(data / "items.parquet", data / "train.parquet", "tiny-random", 8)
     check_targets_are_trie_paths(data, tokenizer, trie, prompt_rows=500)
