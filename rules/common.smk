@@ -143,7 +143,11 @@ def get_decode_settings(wildcards):
 # The distfit keys each rule uses (a change reruns that rule and what follows, nothing else).
 _DISTFIT_TARGET_KEYS = ("target", "top_n", "train_samples", "seed")
 _DISTFIT_TUNE_KEYS = ("train_samples", "epochs", "batch_size", "micro_batch_size", "learning_rate", "seed")
-_DISTFIT_TUNE_METHOD_KEYS = {"flower": ("lambda",), "dpo": ("dpo_beta",), "grpo": ("rl_generations",)}
+_DISTFIT_TUNE_METHOD_KEYS = {
+    "flower": ("lambda", "sample_temperature"),
+    "dpo": ("dpo_beta",),
+    "grpo": ("rl_generations",),
+}
 _DISTFIT_GENERATE_KEYS = ("generate", "train_samples", "generate_batch_size", "seed")
 
 
@@ -158,7 +162,7 @@ def get_distfit_target_inputs(wildcards):
 
 
 def get_distfit_tune_settings(wildcards):
-    """Shared tuning keys plus the method's own (lambda for Flower, beta for DPO, group size for GRPO)."""
+    """Shared tuning keys plus the method's own (lambda and sample temperature for Flower, beta for DPO, group size for GRPO)."""
     return get_distfit_settings(_DISTFIT_TUNE_KEYS + _DISTFIT_TUNE_METHOD_KEYS.get(wildcards.method, ()))
 
 

@@ -61,6 +61,7 @@ class DistfitSettings:
     micro_batch_size: int | None = None  # samples per forward pass (None: batch_size; gradients accumulate)
     learning_rate: float = 3e-4  # AdamW, linear decay to zero, no warm-up (all methods)
     lambda_: float = 1.0  # Flower: L = L_SFT + lambda * L_SubTB
+    sample_temperature: float = 1.0  # Flower: temperature of the titles SubTB scores (1: on-policy)
     dpo_beta: float = 0.1  # DPO temperature beta
     rl_generations: int = 8  # GRPO group size: completions per prompt
     generate: int | None = None  # titles generated per model; None: train_samples
@@ -235,8 +236,11 @@ def train_with_loop(
         seed=settings.seed,
     )
     # History-free prompt: no SASRec score p_ui, so the process reward is the plain one, log R_p.
-    flower = FlowerSettings(lambda_=settings.lambda_, reward="plain", sample_temperature=1.0)
-    objective = FlowerObjective(trie=trie, reward="plain", sample_temperature=1.0, granularity=1)
+    # Above 1, sample_temperature explores: SubTB holds for any sampler with full support, and log pi
+    # in the loss stays at temperature 1.
+    temperature = settings.sample_temperature
+    flower = FlowerSettings(lambda_=settings.lambda_, reward="plain", sample_temperature=temperature)
+    objective = FlowerObjective(trie=trie, reward="plain", sample_temperature=temperature, granularity=1)
     with tempfile.TemporaryDirectory(prefix=".checkpoints.", dir=Path(log_csv).parent) as ckpt:
         paths = TrainPaths(checkpoints=Path(ckpt), log_csv=Path(log_csv), loss_png=Path(loss_png))
         train(

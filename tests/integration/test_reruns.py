@@ -93,6 +93,21 @@ def test_flower_setting_reruns_only_flower(finished):
     assert_changed_params_then_inputs(jobs, "tune_flower")
 
 
+def test_distfit_flower_setting_reruns_only_its_row(finished):
+    extra = write_config(finished, "distfit_temperature.yaml", "distfit:\n  sample_temperature: 2.0\n")
+    jobs = planned(finished, "--configfile", "config/tiny.yaml", extra)
+    assert summary(jobs) == Counter(
+        [
+            "distfit_tune[ml100k,flower]",
+            "distfit_generate[ml100k,flower]",
+            "distfit_table[ml100k]",
+            "distfit_figure[ml100k]",
+            "all",
+        ]
+    )
+    assert_changed_params_then_inputs(jobs, "distfit_tune")
+
+
 def test_metric_code_reruns_only_metrics_and_what_follows(finished):
     code = finished / "src/flowrec/metrics.py"
     original, before = code.read_bytes(), code.stat()

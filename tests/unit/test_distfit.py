@@ -209,3 +209,32 @@ def test_tuning_driver_end_to_end(tiny, tmp_path, method):
     assert titles == distfit.generate_titles(
         tuned, trie, prompt, 6, tokenizer.pad_token_id, seed=0, batch_size=4
     )
+
+
+def test_flower_sample_temperature_reaches_the_sampler(tiny, tmp_path, monkeypatch):
+    """distfit.sample_temperature sets the temperature of the titles SubTB scores (default: on-policy)."""
+    import dataclasses
+
+    import flowrec.tune.loop as loop
+
+    seen = {}
+    monkeypatch.setattr(loop, "train", lambda *args, **kwargs: seen.update(kwargs))
+    tokenizer, target, trie, prompt, settings = tiny
+    tuning = distfit.draw_titles(target, settings.train_samples, settings.seed)
+    for temperature in (1.0, 2.0):
+        hot = dataclasses.replace(settings, sample_temperature=temperature)
+        distfit.train_with_loop(
+            "flower",
+            None,
+            trie,
+            prompt,
+            tuning,
+            target,
+            hot,
+            tokenizer.pad_token_id,
+            tmp_path / "l.csv",
+            tmp_path / "l.png",
+        )
+        assert seen["objective"].sample_temperature == temperature
+        assert seen["flower"].sample_temperature == temperature
+    assert distfit.DistfitSettings.from_params({}).sample_temperature == 1.0
