@@ -162,7 +162,8 @@ def get_distfit_target_inputs(wildcards):
 
 
 def get_distfit_tune_settings(wildcards):
-    """Shared tuning keys plus the method's own (lambda and sample temperature for Flower, beta for DPO, group size for GRPO)."""
+    """Shared tuning keys plus the method's own (Flower: lambda and sample temperature; DPO: beta; GRPO:
+    group size)."""
     return get_distfit_settings(_DISTFIT_TUNE_KEYS + _DISTFIT_TUNE_METHOD_KEYS.get(wildcards.method, ()))
 
 

@@ -5,7 +5,8 @@ frequency) becomes a trie over those titles only, with the counts as item reward
 model and the history-free prompt ("Recommend an item."), each method is tuned on the same budget of
 `train_samples` samples (same batch size, learning rate, schedule and epochs):
 - sft (BIGRec): cross-entropy on titles drawn i.i.d. in proportion to the counts;
-- flower: the same SFT samples plus lambda * SubTB on on-policy samples, rewards = counts;
+- flower: the same SFT samples plus lambda * SubTB on titles sampled from the policy at
+  `sample_temperature` (1: on-policy, the paper's setting), rewards = counts;
 - dpo and grpo (trl, see flowrec.distfit_trl).
 Then every model (and the untuned base) samples `generate` titles at temperature 1 under the trie, and
 the table compares T with the generated distribution R (title- and token-level KL both ways and JS,
