@@ -271,5 +271,8 @@ def toy_fit(method: str, tokenizer, folder) -> float:
 @pytest.mark.slow
 def test_subtb_fits_the_reward_distribution(tokenizer, tmp_path):
     flower = toy_fit("flower", tokenizer, tmp_path / "flower")
-    print(f"toy fit after 100 steps: JS Flower (SFT + SubTB) {flower:.4f}")
+    # SFT's optimum is the same distribution: its divergence at the same budget is a comparison of
+    # speed, printed (issue 4), not asserted.
+    sft = toy_fit("bigrec", tokenizer, tmp_path / "sft")
+    print(f"toy fit after 100 steps: JS Flower (SFT + SubTB) {flower:.4f}, SFT alone {sft:.4f}")
     assert flower < 0.05
