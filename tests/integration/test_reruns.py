@@ -69,15 +69,14 @@ def assert_changed_params_then_inputs(jobs: list[Job], changed: str) -> None:
     assert set(causes.values()) == {"Input files updated by another job"}, causes
 
 
-def write_config(workdir: Path, name: str, text: str) -> str:
-    path = workdir / "config" / name
-    path.write_text(text)
-    return str(path.relative_to(workdir))
+def planned_with_overlay(workdir: Path, name: str, text: str) -> list[Job]:
+    """What `snakemake -n` plans with the tiny config plus config/`name` holding `text` (later wins)."""
+    (workdir / "config" / name).write_text(text)
+    return planned(workdir, "--configfile", "config/tiny.yaml", f"config/{name}")
 
 
 def test_flower_setting_reruns_only_flower(finished):
-    extra = write_config(finished, "flower_lambda.yaml", "flower:\n  lambda: 0.01\n")
-    jobs = planned(finished, "--configfile", "config/tiny.yaml", extra)
+    jobs = planned_with_overlay(finished, "flower_lambda.yaml", "flower:\n  lambda: 0.01\n")
     assert summary(jobs) == Counter(
         [
             "tune_flower[ml100k]",
@@ -94,8 +93,7 @@ def test_flower_setting_reruns_only_flower(finished):
 
 
 def test_distfit_flower_setting_reruns_only_its_row(finished):
-    extra = write_config(finished, "distfit_temperature.yaml", "distfit:\n  sample_temperature: 2.0\n")
-    jobs = planned(finished, "--configfile", "config/tiny.yaml", extra)
+    jobs = planned_with_overlay(finished, "distfit_temperature.yaml", "distfit:\n  sample_temperature: 2.0\n")
     assert summary(jobs) == Counter(
         [
             "distfit_tune[ml100k,flower]",
@@ -144,14 +142,13 @@ def test_metric_code_reruns_only_metrics_and_what_follows(finished):
 
 
 def test_new_dataset_runs_only_its_jobs(finished):
-    extra = write_config(
+    jobs = planned_with_overlay(
         finished,
         "second_dataset.yaml",
         "active_datasets: [ml100k, ml100k_feb]\n"
         "datasets:\n"
         "  ml100k_feb: {source: movielens, window_start: '1998-02', window_end: '1998-03', k_core: 5}\n",
     )
-    jobs = planned(finished, "--configfile", "config/tiny.yaml", extra)
     new = [j for j in jobs if j.wildcards.get("dataset") == "ml100k_feb"]
     others = summary([j for j in jobs if j.wildcards.get("dataset") != "ml100k_feb"])
     assert others == Counter(["make_combined_table", "all"]), others
@@ -163,15 +160,13 @@ def test_new_dataset_runs_only_its_jobs(finished):
 
 
 def test_data_setting_reruns_the_data_stage_and_what_follows(finished):
-    extra = write_config(finished, "data_setting.yaml", "datasets:\n  ml100k:\n    max_history: 8\n")
-    jobs = planned(finished, "--configfile", "config/tiny.yaml", extra)
+    jobs = planned_with_overlay(finished, "data_setting.yaml", "datasets:\n  ml100k:\n    max_history: 8\n")
     assert_changed_params_then_inputs(jobs, "prepare_data")
     assert summary(jobs) == summary(planned(finished, "--forceall"))
 
 
 def test_sasrec_setting_reruns_sasrec_and_its_users_only(finished):
-    extra = write_config(finished, "sasrec_setting.yaml", "sasrec:\n  hidden_size: 8\n")
-    jobs = planned(finished, "--configfile", "config/tiny.yaml", extra)
+    jobs = planned_with_overlay(finished, "sasrec_setting.yaml", "sasrec:\n  hidden_size: 8\n")
     # p_ui feeds Flower's rewards (training) and D3's assistant (decoding); nothing upstream reruns
     assert summary(jobs) == Counter(
         [
