@@ -7,11 +7,10 @@ ranked lists (all_gather_object) and writes the parquet file. `python -m flowrec
 is the torchrun target; `launch(job, nproc)` runs here when nproc is 1.
 """
 
-import json
 import logging
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,7 @@ import torch.distributed as dist
 
 from flowrec.d3 import title_masses
 from flowrec.decode import DecodeSettings, Ranked, constrained_beam_search, predictions_table
-from flowrec.distributed import process_device, process_group, torchrun, world
+from flowrec.distributed import job_main, launch_job, process_device, world
 from flowrec.io import write_parquet
 from flowrec.model import load_tuned
 from flowrec.prompts import prompt_ids_batch
@@ -131,28 +130,9 @@ def _log_summary(summary: dict) -> None:
 
 def launch(job: DecodeJob, nproc: int = 1) -> None:
     """Run `job` here (nproc 1) or as `nproc` torchrun processes on this machine."""
-    if nproc <= 1:
-        _log_summary(run_decode(job))
-        return
     spec = Path(job.output).with_name(f".{Path(job.output).stem}.decode_job.json")
-    spec.parent.mkdir(parents=True, exist_ok=True)
-    spec.write_text(json.dumps(asdict(job), indent=2))
-    try:
-        torchrun("flowrec.decode_run", spec, nproc)
-    finally:
-        spec.unlink(missing_ok=True)
+    launch_job(job, run_decode, _log_summary, "flowrec.decode_run", spec, nproc)
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) != 1:
-        raise SystemExit("usage: python -m flowrec.decode_run JOB.json   (normally through torchrun)")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    job = DecodeJob(**json.loads(Path(argv[0]).read_text()))
-    with process_group():
-        summary = run_decode(job)
-        if world()[0] == 0:
-            _log_summary(summary)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
+if __name__ == "__main__":  # the torchrun target
+    job_main(sys.argv[1:], "flowrec.decode_run", DecodeJob, run_decode, _log_summary)

@@ -5,12 +5,14 @@ A stage that runs on several devices writes its job as JSON and starts
 joins the group (nccl on CUDA, gloo on CPU) and works on its share; rank 0 writes the outputs.
 """
 
+import json
 import logging
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -54,3 +56,34 @@ def torchrun(module: str, spec: Path, nproc: int) -> None:
     cmd += ["-m", module, str(spec)]
     log.info("launching: %s", " ".join(cmd))
     subprocess.run(cmd, check=True)
+
+
+def launch_job(
+    job, run: Callable, report: Callable[[dict], None], module: str, spec: Path, nproc: int
+) -> None:
+    """Run the dataclass `job` here (`report(run(job))`, nproc 1) or as `nproc` torchrun processes of
+    `python -m module spec`, the job written to `spec` as JSON for them (removed afterwards)."""
+    if nproc <= 1:
+        report(run(job))
+        return
+    spec.parent.mkdir(parents=True, exist_ok=True)
+    spec.write_text(json.dumps(asdict(job), indent=2))
+    try:
+        torchrun(module, spec, nproc)
+    finally:
+        spec.unlink(missing_ok=True)
+
+
+def job_main(
+    argv: list[str], module: str, job_type: type, run: Callable, report: Callable[[dict], None]
+) -> None:
+    """The torchrun entry point of `module`: read the job from argv[0], run it in the process group,
+    and `report` the summary on rank 0."""
+    if len(argv) != 1:
+        raise SystemExit(f"usage: python -m {module} JOB.json   (normally through torchrun)")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    job = job_type(**json.loads(Path(argv[0]).read_text()))
+    with process_group():
+        summary = run(job)
+        if world()[0] == 0:
+            report(summary)

@@ -9,14 +9,14 @@ nproc is 1, else under `torch.distributed.run --standalone` on this machine.
 import json
 import logging
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from flowrec.distributed import process_device, process_group, torchrun, world
+from flowrec.distributed import job_main, launch_job, process_device, world
 from flowrec.model import ModelSettings, load_base_model, load_tokenizer, save_tuned
 from flowrec.subsets import seeded_subset
 from flowrec.trie import Trie
@@ -109,27 +109,14 @@ def run_job(job: TuneJob) -> dict:
     }
 
 
+def _log_summary(summary: dict) -> None:
+    log.info("summary: %s", summary)
+
+
 def launch(job: TuneJob, nproc: int = 1) -> None:
     """Run `job` here (nproc 1) or as `nproc` torchrun processes on this machine."""
-    if nproc <= 1:
-        log.info("summary: %s", run_job(job))
-        return
-    spec = Path(job.checkpoints) / "job.json"
-    spec.parent.mkdir(parents=True, exist_ok=True)
-    spec.write_text(json.dumps(asdict(job), indent=2))
-    torchrun("flowrec.tune.run", spec, nproc)
+    launch_job(job, run_job, _log_summary, "flowrec.tune.run", Path(job.checkpoints) / "job.json", nproc)
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) != 1:
-        raise SystemExit("usage: python -m flowrec.tune.run JOB.json   (normally through torchrun)")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    job = TuneJob(**json.loads(Path(argv[0]).read_text()))
-    with process_group():
-        summary = run_job(job)
-        if world()[0] == 0:
-            log.info("summary: %s", summary)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
+if __name__ == "__main__":  # the torchrun target
+    job_main(sys.argv[1:], "flowrec.tune.run", TuneJob, run_job, _log_summary)
