@@ -26,7 +26,7 @@ from flowrec import distfit
 from flowrec.metrics import js_divergence
 from flowrec.model import load_base_model, load_tokenizer, load_tuned
 from flowrec.prompts import history_free_prompt_ids
-from flowrec.sampling import right_pad
+from flowrec.lm import right_pad
 from flowrec.trie import Trie
 from flowrec.tune.losses import subtb_loss
 

@@ -17,12 +17,12 @@ rule evaluate_method:
     input:
         predictions="results/{dataset}/predictions/{method}.parquet",
         test="results/{dataset}/data/test.parquet",
-        item_titles="results/{dataset}/data/items.parquet",
+        items="results/{dataset}/data/items.parquet",
         groups="results/{dataset}/trie/groups.parquet",
-        group_shares="results/{dataset}/trie/groups.json",
+        groups_json="results/{dataset}/trie/groups.json",
         code=["src/flowrec/metrics.py", "src/flowrec/subsets.py"],
     output:
-        "results/{dataset}/metrics/{method}.json",
+        metrics_json="results/{dataset}/metrics/{method}.json",
     log:
         "logs/evaluate_method/{dataset}/{method}.log",
     benchmark:

@@ -14,28 +14,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 
-def unique_titles(item_titles: Sequence[str]) -> list[str]:
-    """Distinct titles in order of first appearance by item id (the order `Trie.build` inputs use)."""
-    return list(dict.fromkeys(item_titles))
-
-
-def title_sequences(title_token_ids, names: list[str]) -> list[tuple[int, ...]]:
-    """Token ids of each title of `names`: from a function title -> ids, a mapping, or an aligned list;
-    checked non-empty and non-negative (the trie's paths)."""
-    if isinstance(title_token_ids, Mapping):
-        seqs = [tuple(int(t) for t in title_token_ids[name]) for name in names]
-    elif callable(title_token_ids):
-        seqs = [tuple(int(t) for t in title_token_ids(name)) for name in names]
-    else:
-        if len(title_token_ids) != len(names):
-            raise ValueError(f"title_token_ids: {len(title_token_ids)} lists for {len(names)} unique titles")
-        seqs = [tuple(int(t) for t in ids) for ids in title_token_ids]
-    for name, seq in zip(names, seqs, strict=True):
-        if not seq or min(seq) < 0:
-            raise ValueError(f"title {name!r}: token ids must be non-empty and non-negative, got {list(seq)}")
-    return seqs
-
-
 def title_values(
     values: Mapping[str, float] | Sequence[float] | np.ndarray | None, names: list[str], what: str
 ) -> np.ndarray:

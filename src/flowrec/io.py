@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -56,3 +58,11 @@ def write_json(obj: object, path: str | Path) -> None:
 def write_text(text: str, path: str | Path) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def read_items(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """items.parquet (docs/formats.md) sorted by item_id, checked to number the items 0..N-1."""
+    items = pd.read_parquet(path, columns=columns).sort_values("item_id", kind="stable")
+    if not np.array_equal(items["item_id"].to_numpy(), np.arange(len(items))):
+        raise ValueError(f"{path}: item_id must be exactly 0..{len(items) - 1} (docs/formats.md)")
+    return items.reset_index(drop=True)

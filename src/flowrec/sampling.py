@@ -1,8 +1,7 @@
 """Trie-constrained sampling of titles with a KV cache (Flower's on-policy samples, distribution fitting).
 
-Prompts are left-padded and their padding masked; the prompt is encoded once and each sampled token
-is fed alone on top of the cache, with position ids counted over real tokens only (cumulative mask - 1),
-so a padded prompt gives the same next-token distribution as the unpadded one (method.md section 8).
+The prompt is encoded once and each sampled token is fed alone on top of its cache (flowrec.lm: left
+padding, positions over real tokens), so a padded prompt samples as the unpadded one would.
 All samples of a batch advance in parallel: the trie constraint is one boolean (B, V) mask a step.
 """
 
@@ -11,67 +10,8 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
+from flowrec.lm import copy_cache, encode_prompts, feed_tokens, left_pad, position_ids, right_pad
 from flowrec.trie import Trie
-
-
-def left_pad(sequences: list[torch.Tensor], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad 1-D id tensors: (ids (B, P), attention mask (B, P)) with 0 on padding."""
-    ids = torch.nn.utils.rnn.pad_sequence(
-        sequences, batch_first=True, padding_value=pad_id, padding_side="left"
-    )
-    ones = [torch.ones(len(s), dtype=torch.long) for s in sequences]
-    mask = torch.nn.utils.rnn.pad_sequence(ones, batch_first=True, padding_value=0, padding_side="left")
-    return ids, mask.to(ids.device)
-
-
-def right_pad(
-    sequences: list[torch.Tensor], pad_id: int, length: int | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad 1-D id tensors (to `length` when given): (ids (B, T), mask (B, T))."""
-    ids = torch.nn.utils.rnn.pad_sequence(sequences, batch_first=True, padding_value=pad_id)
-    mask = torch.nn.utils.rnn.pad_sequence(
-        [torch.ones(len(s), dtype=torch.long) for s in sequences], batch_first=True
-    ).to(ids.device)
-    if length is not None and ids.shape[1] < length:
-        extra = length - ids.shape[1]
-        ids = torch.nn.functional.pad(ids, (0, extra), value=pad_id)
-        mask = torch.nn.functional.pad(mask, (0, extra), value=0)
-    return ids, mask
-
-
-def position_ids(mask: torch.Tensor) -> torch.Tensor:
-    """Positions counted over real tokens (cumulative mask - 1); padding gets 1 as in HF generate."""
-    pos = mask.long().cumsum(-1) - 1
-    return pos.masked_fill(mask == 0, 1)
-
-
-def cache_layers(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(keys, values) of each layer, shapes (B, heads, P, head_dim)."""
-    return [(layer.keys, layer.values) for layer in cache.layers]
-
-
-def copy_cache(cache: DynamicCache, repeat: int = 1, detach: bool = False) -> DynamicCache:
-    """A new DynamicCache holding the same prompt states, `repeat` times along the batch (row blocks).
-
-    The model appends to a cache in place, so every continuation gets its own copy; without `detach`
-    the copy stays in the autograd graph (torch.cat), so losses on the continuation reach the prompt.
-    """
-    layers = []
-    for keys, values in cache_layers(cache):
-        if detach:
-            keys, values = keys.detach(), values.detach()
-        if repeat > 1:
-            keys, values = torch.cat([keys] * repeat), torch.cat([values] * repeat)
-        layers.append((keys, values))
-    return DynamicCache(ddp_cache_data=layers)
-
-
-def encode_prompts(model, ids: torch.Tensor, mask: torch.Tensor) -> tuple[DynamicCache, torch.Tensor]:
-    """One forward of the (left-padded) prompts: (KV cache, logits of the next token (B, V))."""
-    out = model(
-        input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=True, logits_to_keep=1
-    )
-    return out.past_key_values, out.logits[:, -1]
 
 
 @dataclass
@@ -151,14 +91,7 @@ def sample_continuations(
         finished = finished | trie.is_leaf(nodes)
         if bool(finished.all()):
             break
-        mask = torch.cat([mask, active[-1].long().unsqueeze(1)], dim=1)
-        out = decoder(
-            input_ids=token.unsqueeze(1),
-            attention_mask=mask,
-            position_ids=position_ids(mask)[:, -1:],
-            past_key_values=cache,
-            use_cache=True,
-        )
+        out, mask = feed_tokens(decoder, cache, mask, token, active=active[-1])
         cache, hidden = out.past_key_values, out.last_hidden_state[:, -1]
     if not bool(finished.all()):
         raise RuntimeError("sampling ran past the trie's depth without reaching a title")

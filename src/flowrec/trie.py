@@ -13,7 +13,7 @@ Flow (method.md section 3): F(leaf of title i) = R(i), F(node) = sum of its chil
 F(node) = sum of R over the node's title range. Process reward R_p(s, a) = F(s + a) / F(s); stored as
 log F(child) - log F(parent), -inf where F(child) = 0 (titles absent from train histories have no flow).
 Granularity n (states every n tokens) is applied by the loss from `state_log_flows`, not stored here.
-Popularity groups (method.md section 6) live in flowrec.groups and are re-exported here.
+Popularity groups (method.md section 6) live in flowrec.groups.
 """
 
 from __future__ import annotations
@@ -27,17 +27,9 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-# Popularity groups and R(i) from histories live in flowrec.groups; re-exported as part of the trie API.
-from flowrec.groups import (  # noqa: F401
-    group_shares,
-    popularity_groups,
-    title_history_counts,
-    title_rewards_from_histories,
-    title_sequences,
-    title_values,
-    unique_titles,
-)
+from flowrec.groups import title_rewards_from_histories, title_values
 from flowrec.io import atomic_path
+from flowrec.titles import title_sequences, unique_titles
 
 FORMAT_VERSION = 1
 # Arrays saved in trie.npz (with the titles and, for readers without flowrec, the flows)

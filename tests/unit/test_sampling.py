@@ -6,7 +6,8 @@ import torch
 
 from flowrec.model import load_tokenizer, tiny_random_model
 from flowrec.prompts import history_free_prompt_ids, prompt_ids, title_ids_batch
-from flowrec.sampling import copy_cache, encode_prompts, left_pad, sample_continuations, sample_titles
+from flowrec.lm import copy_cache, encode_prompts, left_pad
+from flowrec.sampling import sample_continuations, sample_titles
 from flowrec.trie import Trie
 from flowrec.tune.data import Batch
 from flowrec.tune.forward import FlowerObjective, flower_losses, sft_losses

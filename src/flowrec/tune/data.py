@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 
 from flowrec.prompts import prompt_ids_batch
-from flowrec.sampling import left_pad, right_pad
+from flowrec.lm import left_pad, right_pad
 from flowrec.trie import Trie
 from flowrec.tune.losses import ifairlrs_weights, normalise_p_ui
 

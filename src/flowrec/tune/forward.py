@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from flowrec.sampling import copy_cache, encode_prompts, position_ids, sample_continuations
+from flowrec.lm import copy_cache, encode_prompts, pad_to, position_ids
+from flowrec.sampling import sample_continuations
 from flowrec.trie import Trie
 from flowrec.tune.data import Batch
 from flowrec.tune.losses import process_log_rewards, sft_loss, subtb_loss, token_log_probs
@@ -28,11 +29,6 @@ class FlowerObjective:
     reward: str = "div"
     sample_temperature: float = 1.0
     granularity: int = 1
-
-
-def pad_to(x: torch.Tensor, length: int, value: float) -> torch.Tensor:
-    """Right-pad the last dimension of (B, T) to `length`."""
-    return torch.nn.functional.pad(x, (0, length - x.shape[-1]), value=value)
 
 
 def head_log_probs(model, hidden: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
