@@ -3,7 +3,7 @@
 Baseline: `model.generate(num_beams=B, num_return_sequences=B, prefix_allowed_tokens_fn=...)` one prompt
 at a time, the trie looked up per beam in Python (as the published BIGRec/D3 code does); generate
 repeats the prompt to its beams before encoding it, so each prompt is prefilled once per beam.
-Ours: flowrec.decode.constrained_beam_search, prompts batched, each encoded once, its KV cache
+Ours: flowrec.decode.search.constrained_beam_search, prompts batched, each encoded once, its KV cache
 repeated to its beams. Same model, same prompts (MovieLens-100K titles from the copy inside recbole,
 histories of 10 random titles, a trie over every title), same beams. Goals (issue 5): time per prompt
 at most 0.5x the baseline, and one constrained decoding step (mask building included) within 1.1x of
@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from flowrec.data.movielens import movielens_files, movielens_titles
-from flowrec.decode import BatchBeams, TrieArrays, constrained_beam_search, encode_prompts, feed_tokens
+from flowrec.decode.beams import BatchBeams, TrieArrays
+from flowrec.decode.search import constrained_beam_search, encode_beams, feed_beams
 from flowrec.model import load_base_model, load_tokenizer
 from flowrec.prompts import prompt_ids_batch, title_ids_batch
 from flowrec.trie import Trie
@@ -93,11 +94,11 @@ def step_costs(model, trie: Trie, prompts: list[list[int]], beams: int, pad_id: 
     device = next(model.parameters()).device
     arrays = TrieArrays(trie, device)
     with torch.inference_mode():
-        cache, logits, mask, position = encode_prompts(model, prompts, pad_id, beams)
+        cache, logits, mask = encode_beams(model, prompts, pad_id, beams)
         dtype = torch.promote_types(logits.dtype, torch.float32)
         first = BatchBeams(trie, arrays, len(prompts), beams, device=device, dtype=dtype)
         rows, tokens = first.advance(logits)
-        logits, mask, position = feed_tokens(model, cache, mask, position, rows, tokens)  # beams at depth 1
+        logits, mask = feed_beams(model, cache, mask, rows, tokens)  # beams at depth 1
         nodes, scores = first.nodes.clone(), first.beam_scores.clone()
         n, vocab = len(prompts), logits.shape[-1]
 
@@ -105,7 +106,7 @@ def step_costs(model, trie: Trie, prompts: list[list[int]], beams: int, pad_id: 
             beams_now = BatchBeams(trie, arrays, n, beams, device=device, dtype=dtype)
             beams_now.nodes, beams_now.beam_scores, beams_now.step = nodes, scores, 1
             chosen = beams_now.advance(logits)
-            feed_tokens(model, cache, mask, position, *chosen)
+            feed_beams(model, cache, mask, *chosen)
 
         def unconstrained() -> None:
             logp = torch.log_softmax(logits.to(dtype), dim=-1)
@@ -115,7 +116,7 @@ def step_costs(model, trie: Trie, prompts: list[list[int]], beams: int, pad_id: 
             rows = (torch.arange(n, device=device)[:, None] * beams + top_index // vocab)[:, :beams].reshape(
                 -1
             )
-            feed_tokens(model, cache, mask, position, rows, (top_index % vocab)[:, :beams].reshape(-1))
+            feed_beams(model, cache, mask, rows, (top_index % vocab)[:, :beams].reshape(-1))
 
         times: dict[str, list[float]] = {"constrained": [], "unconstrained": []}
         for _ in range(repeats + 1):  # alternate, first round is warm-up

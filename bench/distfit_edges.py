@@ -6,7 +6,7 @@ scores log pi over the full vocabulary, so on a forced edge its residual is log 
 probability mass the model still puts outside the trie. This script teacher-forces every target title
 through each model of a finished distfit run and prints, weighted by the target distribution T:
 
-- subtb: the SubTB loss of the title (what Flower minimises, method.md section 4), and
+- subtb: the SubTB loss of the title (what Flower minimises, docs/method.md section 4), and
   subtb_on_policy: the same weighted by the model's own constrained title distribution q instead of T,
   which is what on-policy training samples;
 - forced_sq: sum over the title's forced edges of log pi(a | s)^2 (full vocabulary);
@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
-from flowrec import distfit
-from flowrec.metrics import js_divergence
+from flowrec.distfit.methods import TUNED
+from flowrec.divergences import js_divergence
+from flowrec.lm import right_pad
 from flowrec.model import load_base_model, load_tokenizer, load_tuned
 from flowrec.prompts import history_free_prompt_ids
-from flowrec.lm import right_pad
 from flowrec.trie import Trie
 from flowrec.tune.losses import subtb_loss
 
@@ -81,7 +81,7 @@ def main() -> None:
     tokenizer = load_tokenizer(args.model)
     prompt = history_free_prompt_ids(tokenizer)
     rows = {"base": load_base_model(args.model, device="cpu").eval()}
-    for method in distfit.TUNED:
+    for method in TUNED:
         folder = args.distfit_dir / method / "model"
         if folder.is_dir():
             rows[method] = load_tuned(folder, device="cpu")[0].eval()

@@ -23,7 +23,7 @@ from flowrec.model import load_base_model, load_tokenizer
 from flowrec.prompts import prompt_ids_batch, title_ids_batch
 from flowrec.trie import Trie
 from flowrec.tune.data import TuneData
-from flowrec.tune.forward import FlowerObjective, flower_losses, sft_losses
+from flowrec.tune.objectives import FlowerLoss, SFTLoss
 
 
 def movielens_titles() -> list[str]:
@@ -37,11 +37,11 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed_step(model, optimizer, losses_fn, device) -> float:
+def timed_step(model, optimizer, loss_fn, device) -> float:
     synchronize(device)
     start = time.perf_counter()
-    sft, subtb = losses_fn()
-    (sft + 0.005 * subtb).mean().backward()
+    total, _ = loss_fn()
+    total.mean().backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     synchronize(device)
@@ -83,15 +83,15 @@ def main() -> None:
     batch = data.batch(np.arange(args.batch), pad, device)
     model = load_base_model(args.model, device=device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    objective = FlowerObjective(trie, reward="div")
+    sft_loss = SFTLoss()
+    flower_loss = FlowerLoss(trie=trie, lambda_=0.005, reward="div", sample_temperature=1.0, granularity=1)
     gen = torch.Generator(device=device).manual_seed(args.seed)
 
     def sft():
-        loss = sft_losses(model, batch)
-        return loss, torch.zeros_like(loss)
+        return sft_loss(model, batch, pad, gen)
 
     def flower():
-        return flower_losses(model, batch, objective, pad, gen)
+        return flower_loss(model, batch, pad, gen)
 
     times = {"sft": [], "flower": []}
     for fn in (sft, flower):

@@ -1,4 +1,4 @@
-"""SASRec on the paper's own CDs_and_Vinyl split, beside the paper's figures (method.md section 7).
+"""SASRec on the paper's own CDs_and_Vinyl split, beside the paper's figures (docs/method.md section 7).
 
 Imports ../shared/data/amazon2018-cds (the D3 CSV split) with flowrec.data.interop, runs the whole
 SASRec stage (training, p_ui of every split, metrics, top-10) with the paper-like settings of
@@ -23,6 +23,7 @@ from flowrec.io import write_parquet
 from flowrec.logs import log_to
 from flowrec.sasrec import SasrecSettings
 from flowrec.sasrec_recbole import train_and_export
+from flowrec.settings import settings_from_block
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "amazon2018-cds"
@@ -34,7 +35,7 @@ def paper_settings(**overrides) -> SasrecSettings:
     base = yaml.safe_load((REPO / "config.yaml").read_text())["sasrec"]
     paper = yaml.safe_load((REPO / "config" / "paper.yaml").read_text()).get("sasrec", {})
     given = {key: value for key, value in overrides.items() if value is not None}
-    return SasrecSettings.from_dict({**base, **paper, **given})
+    return settings_from_block(SasrecSettings, {**base, **paper, **given}, "sasrec")
 
 
 def main() -> int:

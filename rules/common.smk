@@ -2,6 +2,7 @@
 # method lists, wildcard constraints, and the input/params helpers (get_*).
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 from snakemake.utils import validate
@@ -11,6 +12,18 @@ validate(config, "../config/schema.yaml")
 # Rules run stage entries with `script:`; put src/ on the path so that they import the package
 # in any environment (the project venv, or a conda env built from envs/*.yaml).
 _SRC = str(Path(workflow.basedir) / "src")
+sys.path.insert(0, _SRC)  # flowrec.code_deps only (ast and pathlib): the parser imports nothing heavy
+
+from flowrec.code_deps import module_files
+
+
+def code_of(module):
+    """The source files of a stage module and of every flowrec module it imports (flowrec.code_deps):
+    a rule's `code` input, so that editing any of them reruns the rule, and nothing else does."""
+    base = Path(workflow.basedir)
+    return [str(p.relative_to(base)) for p in module_files(module, base / "src")]
+
+
 # This sets PYTHONPATH rather than reading a user-supplied one, so it is no case for `envvars:`; every
 # job re-parses this file (also on a cluster node), so the setting reaches every job.
 os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (_SRC, os.environ.get("PYTHONPATH")) if p))
@@ -33,7 +46,7 @@ DECODED_METHODS = {
     "flower": "flower",
 }
 TABLE_METHODS = ["sasrec", *DECODED_METHODS]
-# trl 1.16 ships no PPO trainer, so the reward-maximising RL row is GRPO (flowrec.distfit_trl).
+# trl 1.16 ships no PPO trainer, so the reward-maximising RL row is GRPO (flowrec.distfit.trl).
 DISTFIT_TUNED = ["sft", "dpo", "grpo", "flower"]
 DISTFIT_ROWS = ["base", *DISTFIT_TUNED]
 
@@ -65,16 +78,13 @@ def get_final_outputs():
 
 # --- data stage ---
 
-_AMAZON_DEFAULT_URL = "https://datarepo.eng.ucsd.edu/mcauley_group/data/amazon_v2"
-
-
 def get_download_settings(wildcards):
     """Only the settings the download uses: changing k_core must not download again."""
     settings = config["datasets"][wildcards.dataset]
     return {
         "category": settings["category"],
-        "base_url": settings.get("base_url", _AMAZON_DEFAULT_URL),
-        "checksums": settings.get("checksums", {}),
+        "base_url": settings["base_url"],  # validate() filled in the schema's defaults
+        "checksums": settings["checksums"],
     }
 
 
@@ -91,10 +101,41 @@ def get_prepare_data_inputs(wildcards):
         folder = settings.get("raw_dir") or f"results/{wildcards.dataset}/raw"
         return {"reviews": f"{folder}/{category}.json.gz", "meta": f"{folder}/meta_{category}.json.gz"}
     folder = settings["import_dir"]
-    files = {name: f"{folder}/{name}.csv" for name in ("train", "valid", "test")}
+    files = {f"{name}_csv": f"{folder}/{name}.csv" for name in ("train", "valid", "test")}
     if os.path.exists(f"{folder}/items.tsv"):
         files["items_tsv"] = f"{folder}/items.tsv"
     return files
+
+
+# --- tuning ---
+
+
+def get_tune_inputs(wildcards):
+    """A method's own inputs: IFairLRS the popularity groups, Flower SASRec's p_ui (its rewards)."""
+    if wildcards.method == "ifairlrs":
+        return {
+            "groups": f"results/{wildcards.dataset}/trie/groups.parquet",
+            "groups_json": f"results/{wildcards.dataset}/trie/groups.json",
+        }
+    if wildcards.method == "flower":
+        return {"p_ui_train": f"results/{wildcards.dataset}/sasrec/p_ui_train.npy"}
+    return {}
+
+
+def get_flower_settings(wildcards):
+    """The `flower:` block for Flower only, so that a Flower setting reruns no other method."""
+    return config["flower"] if wildcards.method == "flower" else None
+
+
+def get_tune_granularity(wildcards):
+    """Flower's state granularity (trie.granularity); the SFT methods have no states."""
+    return config["trie"]["granularity"] if wildcards.method == "flower" else 1
+
+
+def get_tune_runtime(wildcards):
+    """Minutes of a tuning job at the paper's scale (a day of GPU time per method); Flower samples and
+    scores a title per prompt on top of SFT."""
+    return 2160 if wildcards.method == "flower" else 1440
 
 
 # --- decoding ---
@@ -122,7 +163,7 @@ def get_decode_inputs(wildcards):
 
 
 def get_decode_settings(wildcards):
-    """flowrec.decode.DecodeSettings of one method, so that changing temp_temperature reruns only temp.
+    """flowrec.decode.run.DecodeSettings of one method, so that changing temp_temperature reruns only temp.
 
     temp: decode.temp_temperature. d3: no length normalisation (D3's length_penalty 0) and SASRec's
     assistant at weight g = decode.d3_weight. d3_noassist: the same with g = 1 (assistant off, the value

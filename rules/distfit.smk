@@ -1,19 +1,14 @@
-# Distribution fitting without history (the paper's RQ1, method.md sections 4 and 6): a target set of
-# titles with counts, one base model tuned four ways on the history-free prompt, titles sampled under
-# the target trie, and their divergence from the target.
+# Distribution fitting without history (the paper's RQ1, docs/method.md sections 4 and 6): a target set
+# of titles with counts, one base model tuned four ways on the history-free prompt, titles sampled under
+# the target trie, and their divergence from the target (flowrec.distfit; one stage entry per rule).
 
 
 rule distfit_target:
     input:
         unpack(get_distfit_target_inputs),
-        item_titles="results/{dataset}/data/items.parquet",
+        item_table="results/{dataset}/data/items.parquet",
         groups="results/{dataset}/trie/groups.parquet",
-        code=[
-            "src/flowrec/distfit.py",
-            "src/flowrec/trie.py",
-            "src/flowrec/prompts.py",
-            "src/flowrec/stages/distfit_target.py",
-        ],
+        code=code_of("flowrec.stages.distfit_target"),
     output:
         target="results/{dataset}/distfit/target.json",
         trie="results/{dataset}/distfit/trie.npz",
@@ -42,16 +37,7 @@ rule distfit_tune:
         target="results/{dataset}/distfit/target.json",
         trie="results/{dataset}/distfit/trie.npz",
         tuning_set="results/{dataset}/distfit/tuning_set.parquet",
-        code=[
-            "src/flowrec/distfit.py",
-            "src/flowrec/distfit_trl.py",
-            "src/flowrec/model.py",
-            "src/flowrec/sampling.py",
-            "src/flowrec/tune/forward.py",
-            "src/flowrec/tune/losses.py",
-            "src/flowrec/tune/loop.py",
-            "src/flowrec/stages/distfit_tune.py",
-        ],
+        code=code_of("flowrec.stages.distfit_tune"),
     output:
         model=directory("results/{dataset}/distfit/{method}/model"),
         log_csv="results/{dataset}/distfit/{method}/log.csv",
@@ -62,7 +48,7 @@ rule distfit_tune:
         "benchmarks/distfit_tune/{dataset}/{method}.tsv"
     params:
         distfit=get_distfit_tune_settings,
-        model=config["model"],
+        base_model=config["model"],
     threads: 2
     resources:
         mem_mb=8000,
@@ -79,7 +65,7 @@ rule distfit_generate:
     input:
         unpack(get_distfit_generate_inputs),
         trie="results/{dataset}/distfit/trie.npz",
-        code=["src/flowrec/distfit.py", "src/flowrec/sampling.py", "src/flowrec/stages/distfit_generate.py"],
+        code=code_of("flowrec.stages.distfit_generate"),
     output:
         samples="results/{dataset}/distfit/samples/{method}.parquet",
         probs="results/{dataset}/distfit/probs/{method}.parquet",
@@ -107,7 +93,7 @@ rule distfit_table:
         tuning_set="results/{dataset}/distfit/tuning_set.parquet",
         samples=expand("results/{{dataset}}/distfit/samples/{method}.parquet", method=DISTFIT_ROWS),
         probs=expand("results/{{dataset}}/distfit/probs/{method}.parquet", method=DISTFIT_ROWS),
-        code=["src/flowrec/distfit.py", "src/flowrec/metrics.py", "src/flowrec/report.py"],
+        code=code_of("flowrec.stages.distfit_table"),
     output:
         csv=report(
             "results/{dataset}/distfit/table.csv",
@@ -136,9 +122,9 @@ rule distfit_figure:
     input:
         target="results/{dataset}/distfit/target.json",
         samples=expand("results/{{dataset}}/distfit/samples/{method}.parquet", method=DISTFIT_ROWS),
-        code=["src/flowrec/distfit.py"],
+        code=code_of("flowrec.stages.distfit_figure"),
     output:
-        report(
+        figure=report(
             "results/{dataset}/distfit/figure.png",
             caption="../report/distfit_figure.rst",
             category="Distribution fitting",
@@ -155,6 +141,6 @@ rule distfit_figure:
         mem_mb=1000,
         runtime=5,
     conda:
-        "../envs/llm.yaml"  # flowrec.distfit imports torch
+        "../envs/report.yaml"  # torch-free: flowrec.distfit.files and flowrec.report
     script:
         "../src/flowrec/stages/distfit_figure.py"

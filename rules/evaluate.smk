@@ -1,4 +1,4 @@
-# Metrics of every method's test predictions (method.md section 6): HR/NDCG, DGU/MGU, H/TTR, coverage.
+# Metrics of every method's test predictions (docs/method.md section 6): HR/NDCG, DGU/MGU, H/TTR, coverage.
 
 
 # Refuse at workflow start any @K above the returned list (the published code reported @20 from 10 beams).
@@ -17,10 +17,10 @@ rule evaluate_method:
     input:
         predictions="results/{dataset}/predictions/{method}.parquet",
         test="results/{dataset}/data/test.parquet",
-        items="results/{dataset}/data/items.parquet",
+        item_table="results/{dataset}/data/items.parquet",
         groups="results/{dataset}/trie/groups.parquet",
         groups_json="results/{dataset}/trie/groups.json",
-        code=["src/flowrec/metrics.py", "src/flowrec/subsets.py"],
+        code=code_of("flowrec.stages.evaluate_method"),
     output:
         metrics_json="results/{dataset}/metrics/{method}.json",
     log:

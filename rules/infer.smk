@@ -1,4 +1,4 @@
-# Trie-constrained beam search of the test split (method.md sections 1 and 5), one rule per decoded
+# Trie-constrained beam search of the test split (docs/method.md sections 1 and 5), one rule per decoded
 # method: BIGRec, Temp, D3 and D3 without assistant decode BIGRec's model; IFairLRS and Flower their own.
 
 
@@ -10,20 +10,10 @@ rule decode:
         model=get_tuned_model,
         trie="results/{dataset}/trie/trie.npz",
         test="results/{dataset}/data/test.parquet",
-        item_titles="results/{dataset}/data/items.parquet",
-        code=[
-            "src/flowrec/decode.py",
-            "src/flowrec/d3.py",
-            "src/flowrec/trie.py",
-            "src/flowrec/prompts.py",
-            "src/flowrec/model.py",
-            "src/flowrec/subsets.py",
-            "src/flowrec/decode_run.py",
-            "src/flowrec/distributed.py",
-            "src/flowrec/stages/decode_test.py",
-        ],
+        item_table="results/{dataset}/data/items.parquet",
+        code=code_of("flowrec.stages.decode_method"),
     output:
-        "results/{dataset}/predictions/{method}.parquet",
+        predictions="results/{dataset}/predictions/{method}.parquet",
     log:
         "logs/decode/{dataset}/{method}.log",
     benchmark:
@@ -38,4 +28,4 @@ rule decode:
     conda:
         "../envs/llm.yaml"
     script:
-        "../src/flowrec/stages/decode_test.py"
+        "../src/flowrec/stages/decode_method.py"

@@ -4,7 +4,7 @@
 rule make_tables:
     input:
         metrics=expand("results/{{dataset}}/metrics/{method}.json", method=TABLE_METHODS),
-        code=["src/flowrec/report.py"],
+        code=code_of("flowrec.stages.make_tables"),
     output:
         csv=report(
             "results/{dataset}/tables/results.csv",
@@ -32,7 +32,7 @@ rule make_tables:
 rule make_combined_table:
     input:
         tables=expand("results/{dataset}/tables/results.csv", dataset=DATASETS),
-        code=["src/flowrec/report.py"],
+        code=code_of("flowrec.stages.make_combined_table"),
     output:
         csv=report("results/tables/all.csv", caption="../report/combined_table.rst", category="Results"),
         md="results/tables/all.md",
@@ -49,7 +49,7 @@ rule make_combined_table:
     conda:
         "../envs/report.yaml"
     script:
-        "../src/flowrec/stages/make_tables.py"
+        "../src/flowrec/stages/make_combined_table.py"
 
 
 rule make_figures:
@@ -57,7 +57,7 @@ rule make_figures:
         metrics=expand("results/{{dataset}}/metrics/{method}.json", method=TABLE_METHODS),
         group_shares="results/{dataset}/trie/groups.json",
         flower_log="results/{dataset}/tune/flower/log.csv",
-        code=["src/flowrec/report.py"],
+        code=code_of("flowrec.stages.make_figures"),
     output:
         popularity=report(
             "results/{dataset}/figures/popularity_groups.png",

@@ -1,4 +1,4 @@
-# SASRec in RecBole (method.md sections 4-5): p_ui for Flower's rewards and D3's assistant, and the
+# SASRec in RecBole (docs/method.md sections 4-5): p_ui for Flower's rewards and D3's assistant, and the
 # SASRec baseline's top-10 list.
 
 
@@ -8,7 +8,7 @@ rule train_sasrec:
         train="results/{dataset}/data/train.parquet",
         valid="results/{dataset}/data/valid.parquet",
         test="results/{dataset}/data/test.parquet",
-        code=["src/flowrec/sasrec.py", "src/flowrec/sasrec_recbole.py"],
+        code=code_of("flowrec.stages.train_sasrec"),
     output:
         model="results/{dataset}/sasrec/model.pth",
         metrics="results/{dataset}/sasrec/metrics.json",

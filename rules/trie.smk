@@ -4,15 +4,9 @@
 
 rule build_trie:
     input:
-        items_table="results/{dataset}/data/items.parquet",
+        item_table="results/{dataset}/data/items.parquet",
         train="results/{dataset}/data/train.parquet",
-        code=[
-            "src/flowrec/trie.py",
-            "src/flowrec/groups.py",
-            "src/flowrec/prompts.py",
-            "src/flowrec/model.py",
-            "src/flowrec/stages/build_trie.py",
-        ],
+        code=code_of("flowrec.stages.build_trie"),
     output:
         trie="results/{dataset}/trie/trie.npz",
         groups="results/{dataset}/trie/groups.parquet",

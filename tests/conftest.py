@@ -8,7 +8,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from flowrec.model import TINY_RANDOM, load_tokenizer, tiny_random_model  # noqa: E402
+from flowrec.model import load_tokenizer, tiny_random_model  # noqa: E402
+from flowrec.model_source import TINY_RANDOM  # noqa: E402
 
 # Two CPU cores are shared by everything on the machine: keep tests single-threaded.
 torch.set_num_threads(1)

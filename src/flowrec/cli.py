@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
-
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,18 +134,24 @@ class Stage:
             group.add_argument(
                 f"--{name.replace('_', '-')}", dest=name, metavar="JSON|@FILE", help=f"{spec.help}{where}"
             )
-        group.add_argument("--config", metavar="FILE", help="config file (e.g. config.yaml) to read blocks from")
+        group.add_argument(
+            "--config", metavar="FILE", help="config file (e.g. config.yaml) to read blocks from"
+        )
         for name, help_text in self.wildcards.items():
             group.add_argument(f"--{name.replace('_', '-')}", dest=name, required=True, help=help_text)
         run_group = parser.add_argument_group("run")
         if "threads" in self._accepts:
             run_group.add_argument("--threads", type=int, default=1, help="CPU threads (default 1)")
         if "nproc" in self._accepts:
-            run_group.add_argument("--nproc", type=int, default=1, help="processes, one per device (torchrun)")
+            run_group.add_argument(
+                "--nproc", type=int, default=1, help="processes, one per device (torchrun)"
+            )
         run_group.add_argument("--log", metavar="FILE", help="also write the log to FILE")
         return parser
 
-    def kwargs_from_argv(self, argv: list[str] | None = None, prog: str | None = None) -> tuple[dict, str | None]:
+    def kwargs_from_argv(
+        self, argv: list[str] | None = None, prog: str | None = None
+    ) -> tuple[dict, str | None]:
         args = self.parser(prog).parse_args(argv)
         config = None
         if args.config:
@@ -195,13 +200,13 @@ class Stage:
     def main(self, snakemake=None, argv: list[str] | None = None, prog: str | None = None) -> Any:
         """Run under Snakemake when its object is given, else from the command line."""
         if snakemake is not None:
-            kwargs, log_path = self.kwargs_from_snakemake(snakemake), (snakemake.log[0] if snakemake.log else None)
+            kwargs, log_path = (
+                self.kwargs_from_snakemake(snakemake),
+                (snakemake.log[0] if snakemake.log else None),
+            )
         else:
             kwargs, log_path = self.kwargs_from_argv(argv, prog)
         log = log_to(log_path)
         shown = {k: v for k, v in kwargs.items() if k in self.params or k in self.wildcards}
         log.info("%s: %s", self.run.__module__, json.dumps(shown, default=str))
         return self.run(**kwargs)
-
-
-

@@ -1,8 +1,8 @@
 """Per-title values: counts in training histories, item rewards R(i), popularity groups.
 
-R(i) (method.md section 3) and the popularity groups (method.md section 6) both start from how often
-each title occurs in the histories of the training samples. Titles, not items: items sharing a title
-share its count (the trie has one leaf per title).
+R(i) (docs/method.md section 3) and the popularity groups (docs/method.md section 6) both start from
+how often each title occurs in the histories of the training samples. Titles, not items: items sharing
+a title share its count (the trie has one leaf per title).
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ def title_history_counts(train_histories, item_title: np.ndarray, n_titles: int)
 
 
 def title_rewards_from_histories(train_histories, item_title: np.ndarray, n_titles: int) -> np.ndarray:
-    """R(i) (float64, n_titles): how often title i occurs in the train split's histories (method.md 3)."""
+    """R(i) (float64, n_titles): how often title i occurs in the train split's histories
+    (docs/method.md section 3)."""
     return title_history_counts(train_histories, item_title, n_titles).astype(np.float64)
 
 
@@ -62,7 +63,7 @@ def popularity_groups(title_frequency: Sequence[int] | np.ndarray, n_groups: int
     Titles seen in training histories are sorted by frequency (descending; ties by title id) and cut
     into `n_groups` groups of equal size (np.array_split: sizes differ by at most one, larger first).
     Every title absent from the training histories (frequency 0) goes to the last group, even when
-    that makes it larger than the others (method.md section 6). With fewer seen titles than groups some
+    that makes it larger than the others (docs/method.md section 6). With fewer seen titles than groups some
     groups stay empty.
     """
     freq = np.asarray(title_frequency)

@@ -15,7 +15,9 @@ def left_pad(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-pad 1-D id sequences: (ids (B, P), attention mask (B, P)) with 0 on padding."""
     tensors = [torch.as_tensor(s, dtype=torch.long) for s in sequences]
-    ids = torch.nn.utils.rnn.pad_sequence(tensors, batch_first=True, padding_value=pad_id, padding_side="left")
+    ids = torch.nn.utils.rnn.pad_sequence(
+        tensors, batch_first=True, padding_value=pad_id, padding_side="left"
+    )
     ones = [torch.ones(len(s), dtype=torch.long) for s in tensors]
     mask = torch.nn.utils.rnn.pad_sequence(ones, batch_first=True, padding_value=0, padding_side="left")
     if device is not None:

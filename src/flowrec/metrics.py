@@ -1,25 +1,25 @@
-"""Evaluation metrics of the paper (method.md section 6) and the RQ1 distribution divergences.
+"""Evaluation metrics of the paper (docs/method.md section 6): accuracy, popularity fairness, diversity.
 
 Everything works on titles: a recommendation list is a ranked list of distinct title strings and a
 sample's target is the title of its target item. Several items may share a title (Amazon CDs has
 464 duplicate titles); recommending any of them counts as a hit on the target, since the generated
 text cannot tell them apart. Pure functions on plain Python/numpy data; `evaluate_prediction_files`
-is the only one that reads files (the contract of docs/formats.md).
+is the only one that reads files (the contract of docs/formats.md). The distribution divergences of
+the distribution-fitting experiment are flowrec.divergences.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
-from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from flowrec.io import read_items
 from flowrec.subsets import seeded_subset
 
 log = logging.getLogger(__name__)
@@ -32,18 +32,10 @@ FIGURE_K = 5
 
 @dataclass(frozen=True)
 class MetricsSettings:
-    """The `metrics:` config block (config/schema.yaml)."""
+    """The `metrics:` config block; build it with flowrec.settings.settings_from_block(.., "metrics")."""
 
     ks: list[int]  # cut-offs for HR and NDCG (each <= decode.num_return)
     fairness_ks: list[int]  # cut-offs for DGU and MGU (each <= decode.num_return)
-
-    @classmethod
-    def from_dict(cls, params: Mapping[str, object]) -> MetricsSettings:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise ValueError(f"metrics settings: unknown key(s) {unknown}; expected {sorted(known)}")
-        return cls(**params)
 
 
 def check_cutoffs(ks: Sequence[int], fairness_ks: Sequence[int], num_return: int) -> None:
@@ -125,7 +117,7 @@ def fairness_at_k(
 ) -> dict[str, float]:
     """DGU@K = max_g d_g - min_g d_g, MGU@K = mean_g |d_g|, d_g = rec share of g - data share of g.
 
-    Groups without recommendations have rec share 0; method.md section 6.
+    Groups without recommendations have rec share 0; docs/method.md section 6.
     """
     data = np.asarray(data_shares, dtype=np.float64)
     d = group_shares(group_counts(rec_titles, k, title_group, len(data))) - data
@@ -178,7 +170,7 @@ def evaluate_rankings(
     settings: MetricsSettings,
     list_k: int,
 ) -> dict[str, object]:
-    """Every metric of method.md section 6 plus coverage and tail share, as one flat dict.
+    """Every metric of docs/method.md section 6 plus coverage and tail share, as one flat dict.
 
     rec_titles: ranked distinct titles per sample (cut to `list_k`, the decoder's num_return);
     HR/NDCG at settings.ks; DGU/MGU at settings.fairness_ks; H, TTR, Coverage@list_k and
@@ -234,7 +226,7 @@ def evaluate_prediction_files(
     for sample, titles in zip(pred["sample"], pred["titles"], strict=True):
         if len(set(titles)) != len(titles):
             raise ValueError(f"{predictions}: sample {sample}: titles are not distinct (docs/formats.md)")
-    item_title = pd.read_parquet(items, columns=["item_id", "title"]).set_index("item_id")["title"]
+    item_title = read_items(items, columns=["item_id", "title"])["title"]  # index = item id
     targets = pd.read_parquet(test, columns=["target"])["target"].to_numpy()[pred["sample"].to_numpy()]
     unknown = np.setdiff1d(targets, item_title.index.to_numpy())
     if len(unknown):
@@ -251,118 +243,3 @@ def evaluate_prediction_files(
         settings=settings,
         list_k=list_k,
     )
-
-
-# ----------------------------------------------------------------------------------------------
-# Distribution divergences (RQ1, method.md section 6)
-# ----------------------------------------------------------------------------------------------
-
-# Additive smoothing for KL: this pseudo-count is added to every outcome of the union support of
-# the two distributions (outcomes seen in either one), so KL stays finite when one side never
-# produced an outcome. JS needs none. All divergences use the natural log (JS <= ln 2 ~ 0.693);
-# the paper's JS values 0.047..0.513 fit that scale.
-KL_SMOOTHING = 0.5
-
-
-def title_distribution(titles: Iterable[str] | Mapping[str, float]) -> dict[str, float]:
-    """Counts per title: a mapping is read as {title: count}, any other iterable as one draw per title."""
-    if isinstance(titles, Mapping):
-        return {str(t): float(c) for t, c in titles.items()}
-    return {t: float(c) for t, c in Counter(titles).items()}
-
-
-def token_distribution(
-    title_counts: Mapping[str, float], title_token_ids: Mapping[str, Sequence[int]]
-) -> dict[int, float]:
-    """Counts per token id: every token of a title counts with that title's count.
-
-    `title_token_ids` holds the ids of each title as the caller tokenizes it (the caller decides
-    whether termination tokens belong to a title; they add the same mass to both sides).
-    """
-    missing = [t for t in title_counts if t not in title_token_ids]
-    if missing:
-        raise KeyError(f"token ids missing for {len(missing)} titles, e.g. {missing[:3]}")
-    ids = [np.asarray(title_token_ids[t], dtype=np.int64) for t in title_counts]
-    weights = np.repeat(np.fromiter(title_counts.values(), np.float64), [len(i) for i in ids])
-    flat = np.concatenate(ids) if ids else np.zeros(0, np.int64)
-    tokens, inverse = np.unique(flat, return_inverse=True)
-    counts = np.bincount(inverse, weights=weights, minlength=len(tokens))
-    return {int(t): float(c) for t, c in zip(tokens, counts, strict=True)}
-
-
-def aligned_counts(p: Mapping, q: Mapping) -> tuple[np.ndarray, np.ndarray]:
-    """Two count vectors over the sorted union of both supports (missing outcomes count 0)."""
-    support = sorted(set(p) | set(q))
-    return (
-        np.array([p.get(x, 0.0) for x in support], np.float64),
-        np.array([q.get(x, 0.0) for x in support], np.float64),
-    )
-
-
-def _check_counts(p: np.ndarray, q: np.ndarray) -> None:
-    if p.shape != q.shape or p.ndim != 1:
-        raise ValueError(f"count vectors must be 1-d and aligned, got shapes {p.shape} and {q.shape}")
-    if (p < 0).any() or (q < 0).any() or p.sum() <= 0 or q.sum() <= 0:
-        raise ValueError("counts must be non-negative with a positive total")
-
-
-def kl_divergence(p_counts: np.ndarray, q_counts: np.ndarray, smoothing: float = KL_SMOOTHING) -> float:
-    """KL(P || Q) = sum_x P(x) ln(P(x) / Q(x)), natural log.
-
-    P and Q are count vectors over one support; `smoothing` is added to every entry of both before
-    normalising (the support should be the union of outcomes seen in either, see aligned_counts).
-    """
-    p_counts, q_counts = np.asarray(p_counts, np.float64), np.asarray(q_counts, np.float64)
-    _check_counts(p_counts, q_counts)
-    p = (p_counts + smoothing) / (p_counts + smoothing).sum()
-    q = (q_counts + smoothing) / (q_counts + smoothing).sum()
-    if (q[p > 0] == 0).any():
-        return float("inf")  # only reachable with smoothing 0
-    nz = p > 0
-    return float((p[nz] * np.log(p[nz] / q[nz])).sum())
-
-
-def js_divergence(p_counts: np.ndarray, q_counts: np.ndarray) -> float:
-    """Jensen-Shannon divergence, natural log: (KL(P||M) + KL(Q||M)) / 2 with M = (P + Q) / 2; unsmoothed."""
-    p_counts, q_counts = np.asarray(p_counts, np.float64), np.asarray(q_counts, np.float64)
-    _check_counts(p_counts, q_counts)
-    p, q = p_counts / p_counts.sum(), q_counts / q_counts.sum()
-    m = (p + q) / 2
-
-    def _kl_to_m(x: np.ndarray) -> float:
-        nz = x > 0  # 0 * ln 0 = 0; m > 0 wherever x > 0
-        return float((x[nz] * np.log(x[nz] / m[nz])).sum())
-
-    return (_kl_to_m(p) + _kl_to_m(q)) / 2
-
-
-def distribution_divergences(
-    target_counts: Mapping[str, float],
-    generated_titles: Sequence[str],
-    title_token_ids: Mapping[str, Sequence[int]],
-    smoothing: float = KL_SMOOTHING,
-) -> dict[str, float]:
-    """Title- and token-level divergences between a target T = {title: count} and generated titles R.
-
-    Keys: title_KL_TR = KL(T||R), title_KL_RT = KL(R||T), title_JS, and the same with token_ over
-    the token-id distributions; natural log; KL with additive smoothing `smoothing` on the union
-    support; plus `generated` (number of titles) and `in_target` (share of generated titles in T).
-    """
-    target = title_distribution(target_counts)
-    generated = title_distribution(generated_titles)
-    out: dict[str, float] = {}
-    for level, t, r in (
-        ("title", target, generated),
-        (
-            "token",
-            token_distribution(target, title_token_ids),
-            token_distribution(generated, title_token_ids),
-        ),
-    ):
-        tv, rv = aligned_counts(t, r)
-        out[f"{level}_KL_TR"] = kl_divergence(tv, rv, smoothing)
-        out[f"{level}_KL_RT"] = kl_divergence(rv, tv, smoothing)
-        out[f"{level}_JS"] = js_divergence(tv, rv)
-    out["generated"] = float(len(generated_titles))
-    out["in_target"] = float(np.mean([t in target for t in generated_titles])) if generated_titles else 0.0
-    return out

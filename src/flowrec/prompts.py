@@ -2,9 +2,9 @@
 
 Training (SFT, IFairLRS, Flower), decoding and distribution fitting all call these functions, and the
 trie is built from `title_ids`, so that a training target, a trie path and a decoded title are the same
-ids by construction (method.md section 8, last bullet: tokenizers may merge the prompt's last characters
-with the title's first, e.g. SmolLM2 merges " \\n"; so prompt and title are tokenized apart and
-concatenated at the id level, never as text).
+ids by construction (docs/method.md section 8, last bullet: tokenizers may merge the prompt's last
+characters with the title's first, e.g. SmolLM2 merges " \\n"; so prompt and title are tokenized apart
+and concatenated at the id level, never as text).
 
 Prompt: the tokenizer's chat template when it has one (SmolLM2 has), a system message with the task and
 a user message listing the most recent `max_history` history titles, oldest first, then the assistant
@@ -21,7 +21,7 @@ SYSTEM = "You are a recommender system. Answer with the title of exactly one ite
 TASK = "Given the movies/items a user interacted with, oldest first, recommend the next item the user will interact with."
 NO_HISTORY = "(no items yet)"
 HISTORY_FREE_TASK = "Recommend an item."
-# Termination of every title (method.md section 3): newline, then EOS, as in the reference code.
+# Termination of every title (docs/method.md section 3): newline, then EOS, as in the reference code.
 TITLE_END = "\n"
 
 
@@ -47,7 +47,7 @@ def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
 
 
 def prompt_ids(tokenizer, history_titles: Sequence[str], max_history: int) -> list[int]:
-    """Token ids of the prompt for one sample (method.md section 1); the title's ids follow directly."""
+    """Token ids of the prompt for one sample (docs/method.md section 1); the title's ids follow directly."""
     return _encode(tokenizer, [_render(tokenizer, history_text(history_titles, max_history))])[0]
 
 
@@ -58,12 +58,12 @@ def prompt_ids_batch(tokenizer, histories: Sequence[Sequence[str]], max_history:
 
 
 def history_free_prompt_ids(tokenizer) -> list[int]:
-    """The prompt without history used for distribution fitting (method.md section 6, RQ1)."""
+    """The prompt without history used for distribution fitting (docs/method.md section 6, RQ1)."""
     return _encode(tokenizer, [_render(tokenizer, HISTORY_FREE_TASK)])[0]
 
 
 def title_ids(tokenizer, title: str) -> list[int]:
-    """The ids generated for `title`: title + newline, then EOS (method.md section 3's termination).
+    """The ids generated for `title`: title + newline, then EOS (docs/method.md section 3's termination).
 
     EOS alone is a special token the model may emit after any prefix; the newline first makes the end
     of a title an ordinary text token, as the reference code does. These ids are both the SFT target and

@@ -3,12 +3,15 @@
 Tables follow the paper's column order (NDCG@5, HR@5, DGU@10, MGU@10, H, TTR, then the rest) and
 row order (SASRec, BIGRec, Temp, D3, D3 without assistant, IFairLRS, Flower). The popularity figure is
 the paper's Figure 2: per method, the share of top-5 recommendations per popularity group beside
-each group's share of the training histories.
+each group's share of the training histories. The distribution-fitting figure is the paper's Figure 4
+(RQ1), the training curves those of every tuning run. Every plot of the pipeline is drawn here, and
+this module imports no torch: the figure stages run in envs/report.yaml.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,6 +23,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from flowrec.distfit.files import sort_target  # noqa: E402
+from flowrec.distfit.methods import LABELS as DISTFIT_LABELS  # noqa: E402
 from flowrec.io import atomic_path, write_text  # noqa: E402
 from flowrec.metrics import FIGURE_K  # noqa: E402
 
@@ -176,10 +181,13 @@ def plot_popularity_groups(
 
 
 def plot_training_curves(log: pd.DataFrame, path: str | Path, title: str = "") -> None:
-    """Flower's training log (step, epoch, loss, sft_loss, subtb_loss, lr, split): train curves, valid points.
+    """A training log (step, epoch, loss, sft_loss, subtb_loss, lr, split): train curves, valid points.
+
+    The log of every tuning run: the pipeline's loop (SubTB only for Flower) and distfit's trl runs
+    (SFT and SubTB columns empty); a panel without finite values stays empty.
 
     Panels: total loss, SFT loss, SubTB loss (log scale when positive; the two losses differ by orders
-    of magnitude, method.md section 4) and the learning rate.
+    of magnitude, docs/method.md section 4) and the learning rate.
     """
     missing = {"step", "loss", "sft_loss", "subtb_loss", "lr", "split"} - set(log.columns)
     if missing:
@@ -205,6 +213,43 @@ def plot_training_curves(log: pd.DataFrame, path: str | Path, title: str = "") -
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def frequency_matrix(target: Mapping[str, float], samples: Mapping[str, Sequence[str]]) -> pd.DataFrame:
+    """Share of each target title (rows, sorted by target count) in T and in each method's samples."""
+    order = list(sort_target(target))
+    total = sum(target.values())
+    out = {"target": [target[t] / total for t in order]}
+    for method, titles in samples.items():
+        counts = pd.Series(list(titles), dtype=str).value_counts()
+        out[method] = [counts.get(t, 0) / max(len(titles), 1) for t in order]
+    return pd.DataFrame(out, index=pd.Index(order, name="title"))
+
+
+def plot_distribution_fit(freq: pd.DataFrame, path: str | Path, title: str = "") -> None:
+    """The paper's Figure 4: per method, target vs generated share over titles sorted by target share
+    (`freq`: frequency_matrix)."""
+    methods = [c for c in freq.columns if c != "target"]
+    ncols = min(3, len(methods))
+    nrows = math.ceil(len(methods) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), sharex=True, sharey=True)
+    axes = np.atleast_1d(axes).ravel()
+    x = np.arange(1, len(freq) + 1)
+    for ax, method in zip(axes, methods, strict=False):
+        ax.bar(x, freq["target"], width=1.0, color="0.75", label="target T")
+        ax.plot(x, freq[method], "o-", ms=2.5, lw=1, color="C3", label="generated R")
+        ax.set_title(DISTFIT_LABELS.get(method, method), fontsize=10)
+        ax.grid(alpha=0.3)
+    for ax in axes[len(methods) :]:
+        ax.axis("off")
+    for ax in axes[-ncols:]:
+        ax.set_xlabel("title rank by target frequency")
+    for ax in axes[::ncols]:
+        ax.set_ylabel("share of titles")
+    axes[0].legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     _save(fig, path)

@@ -118,10 +118,7 @@ def sample_titles(
     device = next(model.parameters()).device
     out = []
     for start in range(0, len(prompts), batch_size):
-        chunk = [
-            torch.tensor(p, dtype=torch.long, device=device) for p in prompts[start : start + batch_size]
-        ]
-        ids, mask = left_pad(chunk, pad_id)
+        ids, mask = left_pad(prompts[start : start + batch_size], pad_id, device)
         cache, logits = encode_prompts(model, ids, mask)
         sampled = sample_continuations(
             model, trie, cache, mask, logits, pad_id, temperature, require_flow, generator
@@ -141,8 +138,8 @@ def title_log_probs(
     path. The prompt is encoded once; titles are scored `batch_size` at a time on copies of its cache.
     """
     device = next(model.parameters()).device
-    ids = torch.tensor([prompt], dtype=torch.long, device=device)
-    cache, first = encode_prompts(model, ids, torch.ones_like(ids))
+    ids, prompt_mask = left_pad([prompt], pad_id, device)  # one prompt: no padding, mask all ones
+    cache, first = encode_prompts(model, ids, prompt_mask)
     out = []
     for start in range(0, trie.n_titles, batch_size):
         titles = range(start, min(start + batch_size, trie.n_titles))
@@ -151,7 +148,8 @@ def title_log_probs(
         n, length = tokens.shape
         logits = first.expand(n, -1).unsqueeze(1)
         if length > 1:
-            full = torch.cat([torch.ones(n, ids.shape[1], dtype=torch.long, device=device), mask[:, :-1]], 1)
+            # The title's tokens but its last (whose logits are not needed) follow the prompt on its cache.
+            full = torch.cat([prompt_mask.expand(n, -1), mask[:, :-1]], 1)
             more = model(
                 input_ids=tokens[:, :-1],
                 attention_mask=full,

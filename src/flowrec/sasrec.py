@@ -3,7 +3,7 @@
 The model itself is RecBole's SASRec, trained in `flowrec.sasrec_recbole`; this module holds everything
 that does not need RecBole, so it can be tested on its own. The model is seen only through a
 `ScoreFn`: item sequences in our item ids -> logits over all items in our item-id order (column j is
-item_id j). From these logits come (method.md sections 4-5):
+item_id j). From these logits come (docs/method.md sections 4-5):
 - p_ui: one softmax over all items per sample, stored as float16 rows (Flower's personalised rewards,
   D3's assistant scores);
 - HR@K / NDCG@K of the target item, from the full ranking over all items (no negative sampling);
@@ -12,8 +12,7 @@ item_id j). From these logits come (method.md sections 4-5):
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +23,8 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
-from flowrec.io import atomic_path
+from flowrec.io import atomic_path, read_items
+from flowrec.titles import title_scores, unique_titles
 
 # (B, L) item ids (ours, right-padded with -1), (B,) lengths -> (B, n_items) logits in item-id order.
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -34,36 +34,29 @@ METRIC_KS = (5, 10)
 
 @dataclass(frozen=True)
 class SasrecSettings:
-    """The `sasrec:` block of config.yaml (help text: config/schema.yaml)."""
+    """The `sasrec:` config block; build it with flowrec.settings.settings_from_block(.., "sasrec")
+    (config/schema.yaml holds the defaults and the help text)."""
 
-    loss: str = "CE"  # CE (softmax over all items) or BCE (one sampled negative, the paper's)
-    hidden_size: int = 64  # embedding and hidden size
-    n_layers: int = 2  # transformer layers
-    n_heads: int = 2  # attention heads
-    inner_size: int = 256  # feed-forward size
-    dropout: float = 0.2  # hidden and attention dropout
-    learning_rate: float = 0.001  # Adam learning rate
-    weight_decay: float = 0.0  # Adam weight decay
-    batch_size: int = 1024  # training batch size
-    epochs: int = 30  # maximum epochs
-    patience: int = 5  # stop after this many epochs without a better valid NDCG@10
-    seed: int = 42  # training seed
+    loss: str  # CE (softmax over all items) or BCE (one sampled negative, the paper's)
+    hidden_size: int  # embedding and hidden size
+    n_layers: int  # transformer layers
+    n_heads: int  # attention heads
+    inner_size: int  # feed-forward size
+    dropout: float  # hidden and attention dropout
+    learning_rate: float  # Adam learning rate
+    weight_decay: float  # Adam weight decay
+    batch_size: int  # training batch size
+    epochs: int  # maximum epochs
+    patience: int  # stop after this many epochs without a better valid NDCG@10
+    seed: int  # training seed
 
-    @classmethod
-    def from_dict(cls, params: dict) -> SasrecSettings:
-        """Build from a config block; unknown keys raise, naming the key."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise ValueError(f"sasrec settings: unknown key(s) {unknown}; expected some of {sorted(known)}")
-        settings = cls(**dict(params))
-        if settings.loss not in ("CE", "BCE"):
-            raise ValueError(f"sasrec.loss: expected CE or BCE, got {settings.loss!r}")
-        if settings.hidden_size % settings.n_heads:
+    def __post_init__(self) -> None:
+        if self.loss not in ("CE", "BCE"):
+            raise ValueError(f"sasrec.loss: expected CE or BCE, got {self.loss!r}")
+        if self.hidden_size % self.n_heads:
             raise ValueError(
-                f"sasrec.hidden_size ({settings.hidden_size}) must be a multiple of n_heads ({settings.n_heads})"
+                f"sasrec.hidden_size ({self.hidden_size}) must be a multiple of n_heads ({self.n_heads})"
             )
-        return settings
 
 
 @dataclass(frozen=True)
@@ -172,30 +165,19 @@ class TitleIndex:
     title_item: np.ndarray  # (n_titles,) the smallest item id with each title (docs/formats.md)
 
     @classmethod
-    def from_items(cls, items: pa.Table) -> TitleIndex:
-        item_id = items.column("item_id").to_numpy().astype(np.int64)
-        if not np.array_equal(np.sort(item_id), np.arange(len(item_id))):
-            raise ValueError("items.parquet: item_id must be exactly 0..N-1")
-        titles_by_id = np.empty(len(item_id), dtype=object)
-        titles_by_id[item_id] = items.column("title").to_pylist()
-        codes, uniques = np.unique(titles_by_id.astype(str), return_inverse=True)
-        # Re-number titles by their smallest item id, so title order does not depend on string sorting.
-        first_item = np.full(len(codes), len(item_id), dtype=np.int64)
-        np.minimum.at(first_item, uniques, np.arange(len(item_id)))
-        order = np.argsort(first_item, kind="stable")
-        renumber = np.empty_like(order)
-        renumber[order] = np.arange(len(order))
-        return cls(
-            titles=[str(t) for t in codes[order]],
-            item_title=renumber[uniques].astype(np.int64),
-            title_item=first_item[order],
-        )
+    def read(cls, items_path: str | Path) -> TitleIndex:
+        """From items.parquet (flowrec.io.read_items: sorted by item_id, checked to be 0..N-1)."""
+        return cls.from_titles(read_items(items_path, columns=["item_id", "title"])["title"].tolist())
 
-
-def title_scores(probs: torch.Tensor, item_title: torch.Tensor, n_titles: int) -> torch.Tensor:
-    """Score of each title: the probability of its best-scored item. (B, n_items) -> (B, n_titles)"""
-    out = torch.full((probs.shape[0], n_titles), -1.0, dtype=probs.dtype)
-    return out.scatter_reduce_(1, item_title.expand_as(probs), probs, reduce="amax", include_self=True)
+    @classmethod
+    def from_titles(cls, item_titles: Sequence[str]) -> TitleIndex:
+        """From the title of every item id; titles are numbered by their smallest item id, not by string."""
+        titles = unique_titles(item_titles)
+        title_id = {title: i for i, title in enumerate(titles)}
+        item_title = np.fromiter((title_id[t] for t in item_titles), dtype=np.int64, count=len(item_titles))
+        # Title ids follow the first item id, so each title's first occurrence is its smallest item id.
+        _, title_item = np.unique(item_title, return_index=True)
+        return cls(titles=titles, item_title=item_title, title_item=title_item.astype(np.int64))
 
 
 @torch.no_grad()
@@ -208,14 +190,15 @@ def top_titles(
     to k from the next titles. Returns the table and the target titles' 0-based ranks (title level).
     """
     k = min(k, len(index.titles))
-    item_title = torch.from_numpy(index.item_title)
     target_title = torch.from_numpy(index.item_title[split.target])
     top_scores = np.empty((len(split), k), dtype=np.float64)
     top_ids = np.empty((len(split), k), dtype=np.int64)
     ranks = np.empty(len(split), dtype=np.int64)
     for batch in tqdm(_batches(len(split), batch_size), desc="top titles", leave=False):
         logits = score_fn(torch.from_numpy(split.history[batch]), torch.from_numpy(split.length[batch]))
-        scores = title_scores(torch.softmax(logits.float(), dim=1), item_title, len(index.titles))
+        # A title scores as its best item; titles without an item (none here) would score -1.
+        probs = torch.softmax(logits.float(), dim=1)
+        scores = title_scores(probs, index.item_title, len(index.titles), reduce="max", empty=-1.0)
         values, ids = scores.topk(k, dim=1)  # sorted, best first
         top_scores[batch], top_ids[batch] = values.numpy(), ids.numpy()
         ranks[batch] = target_ranks(scores, target_title[batch]).numpy()

@@ -1,9 +1,8 @@
-"""SASRec trained with RecBole 1.2.1 on the canonical split (method.md section 5).
+"""SASRec trained with RecBole 1.2.1 on the canonical split (docs/method.md section 5).
 
-RecBole reads pre-split sequential data from atomic files `{name}.{train,valid,test}.inter` (one row per
-sample: `item_id_list` = history, `item_id` = target) and renumbers item tokens itself (id 0 is its
-padding). We keep the mapping explicit: `recbole_id[j]` is RecBole's id of our item_id j, and every score
-leaves this module in our order (column j = item_id j, no padding column).
+RecBole reads the split from atomic files (flowrec.recbole_inputs) and renumbers item tokens itself
+(id 0 is its padding). We keep the mapping explicit: `recbole_id[j]` is RecBole's id of our item_id j,
+and every score leaves this module in our order (column j = item_id j, no padding column).
 
 Kept away from RecBole on purpose: `recbole.quick_start` (imports ray), its evaluator (`np.float`, gone
 in numpy >= 1.24), its checkpoint files (its reload trips torch.load's weights_only default) and its
@@ -14,9 +13,7 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import re
-import sys
 import tempfile
 import time
 import warnings
@@ -26,13 +23,8 @@ from pathlib import Path
 from unittest import mock
 
 import numpy as np
-import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
-from recbole.config import Config
 from recbole.data import create_dataset, data_preparation
 from recbole.model.sequential_recommender.sasrec import SASRec
 from recbole.trainer import Trainer
@@ -40,6 +32,7 @@ from recbole.trainer import trainer as recbole_trainer
 from recbole.utils import init_seed
 
 from flowrec.io import atomic_path, write_json, write_parquet
+from flowrec.recbole_inputs import SPLITS, recbole_config, write_atomic_files
 from flowrec.sasrec import (
     SasrecSettings,
     SplitArrays,
@@ -53,7 +46,6 @@ from flowrec.sasrec import (
 
 log = logging.getLogger("flowrec.sasrec")
 
-SPLITS = ("train", "valid", "test")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -112,86 +104,6 @@ class TrainedSasrec:
         }
         with atomic_path(path) as tmp:
             torch.save(state, tmp)
-
-
-def write_atomic_files(splits: dict[str, SplitArrays], n_items: int, folder: Path, name: str) -> None:
-    """RecBole atomic files for pre-split sequential data, plus `{name}.item` listing every item id.
-
-    The item file puts all n_items ids in RecBole's vocabulary even if some never occur in a split, so
-    p_ui always has one column per item.
-    """
-    folder.mkdir(parents=True, exist_ok=True)
-    for split_name, split in splits.items():
-        # One space-separated history string per sample ("3 17 5"): rows are left-aligned, so the
-        # row-major cells >= 0 are the histories back to back.
-        offsets = np.concatenate([[0], np.cumsum(split.length)]).astype(np.int32)
-        values = pa.array(split.history[split.history >= 0].astype(str))
-        history = pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets), values), " ")
-        frame = pd.DataFrame(
-            {
-                "session_id:token": np.char.add(split_name, np.arange(len(split)).astype(str)),
-                "item_id_list:token_seq": history.to_numpy(zero_copy_only=False),
-                "item_id:token": split.target.astype(str),
-            }
-        )
-        frame.to_csv(folder / f"{name}.{split_name}.inter", sep="\t", index=False)
-    pd.DataFrame({"item_id:token": np.arange(n_items).astype(str)}).to_csv(
-        folder / f"{name}.item", sep="\t", index=False
-    )
-
-
-def recbole_config(settings: SasrecSettings, data_root: Path, name: str, max_len: int) -> Config:
-    """RecBole Config for pre-split sequential data on CPU, mirroring `settings`."""
-    bce = settings.loss == "BCE"
-    config_dict = {
-        "data_path": str(data_root),
-        "checkpoint_dir": str(data_root / "saved"),
-        "benchmark_filename": list(SPLITS),
-        "USER_ID_FIELD": "session_id",
-        "ITEM_ID_FIELD": "item_id",
-        "TIME_FIELD": None,
-        "RATING_FIELD": None,
-        "load_col": {"inter": ["session_id", "item_id_list", "item_id"], "item": ["item_id"]},
-        "alias_of_item_id": ["item_id_list"],
-        "MAX_ITEM_LIST_LENGTH": max_len,
-        "eval_args": {"order": "TO", "mode": "full", "group_by": "user", "split": None},
-        "train_neg_sample_args": {"distribution": "uniform", "sample_num": 1} if bce else None,
-        "loss_type": "BPR" if bce else "CE",
-        "hidden_size": settings.hidden_size,
-        "n_layers": settings.n_layers,
-        "n_heads": settings.n_heads,
-        "inner_size": settings.inner_size,
-        "hidden_dropout_prob": settings.dropout,
-        "attn_dropout_prob": settings.dropout,
-        "learning_rate": settings.learning_rate,
-        "weight_decay": settings.weight_decay,
-        "train_batch_size": settings.batch_size,
-        "eval_batch_size": settings.batch_size,
-        "epochs": settings.epochs,
-        # RecBole stops when more than `stopping_step` evaluations in a row fail to improve.
-        "stopping_step": settings.patience - 1,
-        "seed": settings.seed,
-        "reproducibility": True,
-        "metrics": ["Hit", "NDCG"],
-        "topk": [10],
-        "valid_metric": "NDCG@10",
-        "use_gpu": False,
-        "gpu_id": "",
-        "show_progress": False,
-        "log_wandb": False,
-        "worker": 0,
-    }
-    # Config sets CUDA_VISIBLE_DEVICES from gpu_id for the whole process; put the caller's back. It also
-    # reads `--key=value` words of sys.argv as settings: hide the caller's command line (pytest, a bench).
-    saved = os.environ.get("CUDA_VISIBLE_DEVICES")
-    try:
-        with mock.patch.object(sys, "argv", sys.argv[:1]):
-            return Config(model=SASRec, dataset=name, config_dict=config_dict)
-    finally:
-        if saved is None:
-            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-        else:
-            os.environ["CUDA_VISIBLE_DEVICES"] = saved
 
 
 class _NoTensorBoard:
@@ -344,9 +256,8 @@ def train_and_export(
     metrics.json: item-level HR/NDCG@{5,10} of valid and test (full ranking over all items), the
     title-level test figures of the top-k list, the best epoch and the training time.
     """
-    items = pq.read_table(items_path, columns=["item_id", "title"])
-    index = TitleIndex.from_items(items)
-    n_items = items.num_rows
+    index = TitleIndex.read(items_path)
+    n_items = len(index.item_title)
     splits = {name: read_split(split_paths[name], n_items) for name in SPLITS}
     log.info("SASRec data: %d items, %s samples", n_items, {k: len(v) for k, v in splits.items()})
     trained = train_sasrec(splits, n_items, settings, threads)

@@ -7,6 +7,7 @@ and the key), and maps config keys that are Python keywords (`lambda`) to their 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import keyword
@@ -65,7 +66,8 @@ def settings_from_block(cls: type[T], block: Mapping[str, Any] | None, section: 
     if unknown:
         expected = sorted(config_key(n) for n in names)
         raise ValueError(f"config block `{label}`: unknown key(s) {unknown}; expected some of {expected}")
-    values = {field_name(k): v for k, v in block_defaults(section).items()} if section else {}
+    # deep copies: a default list or dict must not be shared between settings objects
+    values = {field_name(k): copy.deepcopy(v) for k, v in block_defaults(section).items()} if section else {}
     values = {k: v for k, v in values.items() if k in names}
     values.update(given)
     missing = sorted(config_key(n) for n in names - set(values))

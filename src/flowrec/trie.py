@@ -1,4 +1,4 @@
-"""Prefix tree over tokenized titles: children, state flows, process rewards (method.md section 3).
+"""Prefix tree over tokenized titles: children, state flows, process rewards (docs/method.md section 3).
 
 One structure serves Flower's process rewards, the constrained decoder and D3's assistant scores.
 Nodes are token prefixes; node 0 is the root (empty prefix). Every title's path is `prompts.title_ids`
@@ -8,12 +8,13 @@ Nodes are token prefixes; node 0 is the root (empty prefix). Every title's path 
 Numbering: titles are sorted by their token ids, nodes are numbered in pre-order (DFS, children by token
 id), so the titles below any node form the contiguous range [leaf_start, leaf_end). Sums over subtrees
 (flows, D3 assistant mass) are then differences of a cumulative sum, never a walk over the tree.
+Building the arrays and the trie.npz format are flowrec.trie_arrays.
 
-Flow (method.md section 3): F(leaf of title i) = R(i), F(node) = sum of its children's flows, so
+Flow (docs/method.md section 3): F(leaf of title i) = R(i), F(node) = sum of its children's flows, so
 F(node) = sum of R over the node's title range. Process reward R_p(s, a) = F(s + a) / F(s); stored as
 log F(child) - log F(parent), -inf where F(child) = 0 (titles absent from train histories have no flow).
 Granularity n (states every n tokens) is applied by the loss from `state_log_flows`, not stored here.
-Popularity groups (method.md section 6) live in flowrec.groups.
+Popularity groups (docs/method.md section 6) live in flowrec.groups.
 """
 
 from __future__ import annotations
@@ -27,16 +28,9 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from flowrec.groups import title_rewards_from_histories, title_values
-from flowrec.io import atomic_path
-from flowrec.titles import title_sequences, unique_titles
-
-FORMAT_VERSION = 1
-# Arrays saved in trie.npz (with the titles and, for readers without flowrec, the flows)
-_ARRAYS = (
-    "child_ptr child_token child_node parent node_token depth node_title leaf_start leaf_end "
-    "title_ptr title_tokens title_reward item_title"
-).split()
+from flowrec.groups import title_rewards_from_histories
+from flowrec.titles import unique_titles
+from flowrec.trie_arrays import build_arrays, load_arrays, save_arrays
 
 
 @dataclass(eq=False)
@@ -69,95 +63,14 @@ class Trie:
         | Sequence[Sequence[int]],
         title_rewards: Mapping[str, float] | Sequence[float] | np.ndarray | None = None,
     ) -> Trie:
-        """Build the trie of the titles of items 0..n_items-1.
+        """Build the trie of the titles of items 0..n_items-1 (flowrec.trie_arrays.build_arrays).
 
         title_token_ids: a function title -> ids (e.g. `functools.partial(prompts.title_ids, tok)`),
         a mapping title -> ids, or a list aligned with `unique_titles(item_titles)`.
         title_rewards: R per title (mapping, or aligned with `unique_titles`); None gives zeros (set
         them later with `with_rewards`, e.g. from `title_rewards_from_histories(.., trie.item_title, ..)`).
         """
-        names = unique_titles(item_titles)
-        if not names:
-            raise ValueError("item_titles: empty; a trie needs at least one title")
-        seqs = title_sequences(title_token_ids, names)
-        rewards = title_values(title_rewards, names, "title_rewards")
-
-        order = sorted(range(len(names)), key=seqs.__getitem__)  # title id = rank in token order
-        rank_of = np.empty(len(names), dtype=np.int64)
-        rank_of[order] = np.arange(len(names))
-        sorted_seqs = [seqs[i] for i in order]
-        max_len = max(len(s) for s in sorted_seqs)
-
-        # Insert titles in sorted order: each adds nodes only beyond its common prefix with the previous
-        # title, which numbers the nodes in pre-order. One pass over the titles.
-        path = np.zeros(max_len + 1, dtype=np.int64)  # node ids along the current title's path
-        parents: list[np.ndarray] = [np.array([-1])]
-        tokens: list[np.ndarray] = [np.array([-1])]
-        depths: list[np.ndarray] = [np.array([0])]
-        title_nodes: list[np.ndarray] = []
-        n_nodes, prev = 1, ()
-        for rank, seq in enumerate(sorted_seqs):
-            lcp = _common_prefix(prev, seq)
-            if lcp == len(prev) and prev:
-                a, b = names[order[rank - 1]], names[order[rank]]
-                what = "the same token ids as" if lcp == len(seq) else "a token-id path that is a prefix of"
-                raise ValueError(f"title {a!r} has {what} title {b!r}; every path must end at its own leaf")
-            new = np.arange(n_nodes, n_nodes + len(seq) - lcp)
-            parents.append(np.concatenate([[path[lcp]], new[:-1]]))
-            tokens.append(np.asarray(seq[lcp:], dtype=np.int64))
-            depths.append(np.arange(lcp + 1, len(seq) + 1))
-            path[lcp + 1 : len(seq) + 1] = new
-            title_nodes.append(path[1 : len(seq) + 1].copy())
-            n_nodes += len(new)
-            prev = seq
-
-        parent = np.concatenate(parents).astype(np.int64)
-        node_token = np.concatenate(tokens).astype(np.int64)
-        depth = np.concatenate(depths).astype(np.int64)
-        lengths = np.fromiter((len(s) for s in sorted_seqs), dtype=np.int64, count=len(sorted_seqs))
-        title_ptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        title_tokens = np.concatenate([np.asarray(s, dtype=np.int64) for s in sorted_seqs])
-        flat_nodes = np.concatenate(title_nodes)
-        flat_title = np.repeat(np.arange(len(names), dtype=np.int64), lengths)
-
-        node_title = np.full(n_nodes, -1, dtype=np.int64)
-        node_title[flat_nodes[title_ptr[1:] - 1]] = np.arange(len(names))
-        leaf_start = np.zeros(n_nodes, dtype=np.int64)
-        leaf_end = np.full(n_nodes, len(names), dtype=np.int64)  # root: every title
-        leaf_start[1:] = len(names)
-        leaf_end[1:] = 0
-        np.minimum.at(leaf_start, flat_nodes, flat_title)
-        np.maximum.at(leaf_end, flat_nodes, flat_title + 1)
-
-        # Children CSR: nodes are pre-order, so children of a node appear by increasing id = token order.
-        child_node = np.argsort(parent[1:], kind="stable").astype(np.int64) + 1
-        child_token = node_token[child_node]
-        child_ptr = np.concatenate([[0], np.cumsum(np.bincount(parent[1:], minlength=n_nodes))]).astype(
-            np.int64
-        )
-
-        title_id_of_name = dict(zip(names, rank_of.tolist(), strict=True))
-        item_title = np.fromiter(
-            (title_id_of_name[t] for t in item_titles), dtype=np.int64, count=len(item_titles)
-        )
-        title_reward = np.empty(len(names), dtype=np.float64)
-        title_reward[rank_of] = rewards
-        return cls(
-            child_ptr=child_ptr,
-            child_token=child_token,
-            child_node=child_node,
-            parent=parent,
-            node_token=node_token,
-            depth=depth,
-            node_title=node_title,
-            leaf_start=leaf_start,
-            leaf_end=leaf_end,
-            titles=[names[i] for i in order],
-            title_ptr=title_ptr,
-            title_tokens=title_tokens,
-            title_reward=title_reward,
-            item_title=item_title,
-        )
+        return cls(**build_arrays(item_titles, title_token_ids, title_rewards))
 
     def with_rewards(self, title_reward: np.ndarray) -> Trie:
         """A copy with R(i) replaced (title-id order); flows and cached tensors follow."""
@@ -199,7 +112,7 @@ class Trie:
 
     @functools.cached_property
     def flow(self) -> np.ndarray:
-        """(n_nodes,) F(node) = sum of R over the titles below it (method.md section 3)."""
+        """(n_nodes,) F(node) = sum of R over the titles below it (docs/method.md section 3)."""
         csum = np.concatenate([[0.0], np.cumsum(self.title_reward)])
         return csum[self.leaf_end] - csum[self.leaf_start]
 
@@ -340,38 +253,12 @@ class Trie:
 
     # ---- persistence --------------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
-        """Write every array, the titles (UTF-8 bytes + offsets: no pickle) and the flows to an .npz."""
-        encoded = [t.encode("utf-8") for t in self.titles]
-        offsets = np.concatenate([[0], np.cumsum([len(b) for b in encoded])]).astype(np.int64)
-        arrays = {name: getattr(self, name) for name in _ARRAYS}
-        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-            np.savez(
-                fh,
-                format_version=np.int64(FORMAT_VERSION),
-                titles_utf8=np.frombuffer(b"".join(encoded), dtype=np.uint8),
-                titles_offsets=offsets,
-                flow=self.flow,
-                **arrays,
-            )
+        """Write trie.npz: every array, the titles and the flows (flowrec.trie_arrays.save_arrays)."""
+        save_arrays(path, vars(self), self.titles, self.flow)
 
     @classmethod
     def load(cls, path: str | Path) -> Trie:
-        with np.load(path, allow_pickle=False) as npz:
-            version = int(npz["format_version"]) if "format_version" in npz else None
-            if version != FORMAT_VERSION:
-                raise ValueError(
-                    f"{path}: trie format version {version}, expected {FORMAT_VERSION}; rebuild it"
-                )
-            missing = [n for n in (*_ARRAYS, "titles_utf8", "titles_offsets") if n not in npz]
-            if missing:
-                raise ValueError(f"{path}: missing arrays {missing}")
-            raw, off = npz["titles_utf8"].tobytes(), npz["titles_offsets"]
-            titles = [raw[off[i] : off[i + 1]].decode("utf-8") for i in range(len(off) - 1)]
-            return cls(titles=titles, **{name: npz[name] for name in _ARRAYS})
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+        return cls(**load_arrays(path))
 
 
 def build_trie(item_titles: Sequence[str], tokenizer, train_histories=None) -> Trie:

@@ -136,7 +136,7 @@ def test_kill_mid_training_then_rerun_incomplete_resumes(finished):
         assert is_readable(path), f"{rel} is not incomplete for Snakemake but does not parse in full"
 
     proc = run_snakemake(finished, "--rerun-incomplete", target, timeout=1800)
-    log = (finished / "logs/tune_flower/ml100k.log").read_text()
+    log = (finished / "logs/tune/ml100k/flower.log").read_text()
     assert "resumed from" in log and "after epoch 0" in log, log[-3000:]
     resumed = json.loads(flower_metrics.read_text())
     assert _same_json(resumed, uninterrupted), (resumed, uninterrupted)
@@ -178,14 +178,14 @@ def test_full_disk_fails_with_a_clear_message(finished):
     _mount_tmpfs(folder, "size=256k")
     try:
         proc = run_snakemake(finished, "results/ml100k/tune/flower/model", check=False, timeout=1800)
-        log = (finished / "logs/tune_flower/ml100k.log").read_text(errors="replace")
+        log = (finished / "logs/tune/ml100k/flower.log").read_text(errors="replace")
         left = sorted(p.name for p in folder.rglob("*") if p.is_file())
     finally:
         _umount(folder)
     text = proc.stdout + proc.stderr + log
     assert proc.returncode != 0
     assert "No space left on device" in text, text[-4000:]
-    assert "tune_flower" in proc.stdout + proc.stderr
+    assert "rule tune" in proc.stdout + proc.stderr
     assert left == [], f"the failed job left files on the full disk: {left}"
 
 

@@ -2,8 +2,8 @@
 
 Each scenario dry-runs a copy of the finished tiny workflow (the session's `tiny_workflow`):
 (a) a Flower setting: Flower's tuning, decoding and metrics, then the tables and figures;
-(b) the metrics code (src/flowrec/metrics.py edited; a touch alone reruns nothing): the metrics and
-    what follows them;
+(b) a code edit of a module that rules import directly or through others (a touch alone reruns
+    nothing): exactly the rules whose code input holds it (derived from imports) and what follows;
 (c) one more dataset in active_datasets: that dataset's jobs and the combined table.
 """
 
@@ -17,13 +17,14 @@ from typing import NamedTuple
 
 import pytest
 
+from flowrec.code_deps import module_files
 from tests.integration.conftest import run_snakemake
 
 pytestmark = pytest.mark.slow
 
 JOB_HEADER = re.compile(r"^(?:local)?rule (\w+):$")
-# Rules whose code= inputs list src/flowrec/metrics.py
-DIRECT = {"evaluate_method", "distfit_table"}
+REPO = Path(__file__).resolve().parents[2]
+SRC = REPO / "src"
 
 
 class Job(NamedTuple):
@@ -79,7 +80,7 @@ def test_flower_setting_reruns_only_flower(finished):
     jobs = planned_with_overlay(finished, "flower_lambda.yaml", "flower:\n  lambda: 0.01\n")
     assert summary(jobs) == Counter(
         [
-            "tune_flower[ml100k]",
+            "tune[ml100k,flower]",
             "decode[ml100k,flower]",
             "evaluate_method[ml100k,flower]",
             "make_tables[ml100k]",
@@ -89,7 +90,7 @@ def test_flower_setting_reruns_only_flower(finished):
         ]
     )
     # the cause Snakemake names: Flower's changed params at the start, then only updated inputs
-    assert_changed_params_then_inputs(jobs, "tune_flower")
+    assert_changed_params_then_inputs(jobs, "tune")
 
 
 def test_distfit_flower_setting_reruns_only_its_row(finished):
@@ -106,8 +107,27 @@ def test_distfit_flower_setting_reruns_only_its_row(finished):
     assert_changed_params_then_inputs(jobs, "distfit_tune")
 
 
-def test_metric_code_reruns_only_metrics_and_what_follows(finished):
-    code = finished / "src/flowrec/metrics.py"
+def rules_importing(path: str) -> set[str]:
+    """Rules whose `code` input (code_of(stage module) in rules/*.smk) holds the file `path`."""
+    rules = set()
+    for smk in (REPO / "rules").glob("*.smk"):
+        for block in re.split(r"(?m)^rule ", smk.read_text())[1:]:
+            name = block.split(":", 1)[0]
+            module = re.search(r'code=code_of\("([\w.]+)"\)', block)
+            if module and (SRC / path.removeprefix("src/")) in module_files(module.group(1), SRC):
+                rules.add(name)
+    return rules
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "src/flowrec/titles.py",  # imported only through other modules (trie, decoding, SASRec)
+        "src/flowrec/lm.py",  # LM plumbing: sampling, decoding, tuning, distfit
+    ],
+)
+def test_editing_an_imported_module_reruns_every_rule_that_imports_it(finished, path):
+    code = finished / path
     original, before = code.read_bytes(), code.stat()
     later = (before.st_atime_ns, time.time_ns())  # newer than every output (mtimes kept in the copy)
     try:
@@ -121,24 +141,14 @@ def test_metric_code_reruns_only_metrics_and_what_follows(finished):
     finally:
         code.write_bytes(original)
         os.utime(code, ns=(before.st_atime_ns, before.st_mtime_ns))
-    rules = Counter(j.rule for j in jobs)
-    n_methods = len({j.wildcards["method"] for j in jobs if j.rule == "evaluate_method"})
-    assert n_methods == 7, summary(jobs)
-    # metrics.py's users: evaluate_method (7 methods) and distfit_table; then the tables and figures
-    assert rules == Counter(
-        {
-            "evaluate_method": 7,
-            "distfit_table": 1,
-            "make_tables": 1,
-            "make_figures": 1,
-            "make_combined_table": 1,
-            "all": 1,
-        }
-    ), summary(jobs)
-    assert all(j.reason == "Updated input files: src/flowrec/metrics.py" for j in jobs if j.rule in DIRECT), (
-        jobs
-    )
-    assert planned(finished) == [], "restoring metrics.py did not make the workflow up to date again"
+    direct = {j.rule for j in jobs if j.reason == f"Updated input files: {path}"}
+    expected = rules_importing(path)
+    assert expected, f"no rule imports {path}: pick another module for this test"
+    assert direct == expected, summary(jobs)
+    # every other planned job reruns only because an input of it is rewritten
+    others = {j.reason.split(":")[0] for j in jobs if j.rule not in expected and j.rule != "all"}
+    assert others <= {"Input files updated by another job"}, summary(jobs)
+    assert planned(finished) == [], f"restoring {path} did not make the workflow up to date again"
 
 
 def test_new_dataset_runs_only_its_jobs(finished):
@@ -172,7 +182,7 @@ def test_sasrec_setting_reruns_sasrec_and_its_users_only(finished):
         [
             "train_sasrec[ml100k]",
             "evaluate_method[ml100k,sasrec]",
-            "tune_flower[ml100k]",
+            "tune[ml100k,flower]",
             "decode[ml100k,flower]",
             "evaluate_method[ml100k,flower]",
             "decode[ml100k,d3]",

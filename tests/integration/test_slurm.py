@@ -23,7 +23,7 @@ from tests.integration.slurm_cluster import LocalSlurm, SlurmUnavailable
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 # Rules the profile sends to a GPU (set-resources ... gpu: 1)
-GPU_RULES = {"tune_bigrec", "tune_ifairlrs", "tune_flower", "decode", "distfit_tune", "distfit_generate"}
+GPU_RULES = {"tune", "decode", "distfit_tune", "distfit_generate"}
 # Outputs compared with the local run: everything a user reads
 COMPARED = ("tables/*.csv", "metrics/*.json", "predictions/*.parquet", "distfit/*.csv", "data/*.parquet")
 

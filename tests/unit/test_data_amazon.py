@@ -11,8 +11,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from flowrec.data import DatasetSettings, prepare
+from flowrec.data import prepare
 from flowrec.data.amazon import download_file, read_reviews
+from flowrec.data.settings import dataset_settings
 
 LOW = 1514764800  # 2018-01-01 00:00 UTC = start of window_start "2018-01"
 HIGH = 1519862400  # 2018-03-01 00:00 UTC = start of window_end "2018-03" (inclusive)
@@ -92,7 +93,7 @@ SETTINGS = dict(
 
 def test_fixture_gives_hand_worked_items_samples_and_split(amazon_files, caplog):
     with caplog.at_level(logging.WARNING, logger="flowrec"):
-        data = prepare(DatasetSettings.from_dict(SETTINGS), amazon_files)
+        data = prepare(dataset_settings(SETTINGS), amazon_files)
     # Sorted source ids A1, A10, A2, A3; default_rng(3).permutation(4) orders them A3, A2, A10, A1.
     assert data.items.to_pydict() == {
         "item_id": [0, 1, 2, 3],
@@ -140,9 +141,9 @@ def test_fixture_gives_hand_worked_items_samples_and_split(amazon_files, caplog)
 
 
 def test_same_seed_same_split_other_seed_other_ids(amazon_files):
-    first = prepare(DatasetSettings.from_dict(SETTINGS), amazon_files)
-    again = prepare(DatasetSettings.from_dict(SETTINGS), amazon_files)
-    other = prepare(DatasetSettings.from_dict({**SETTINGS, "seed": 4}), amazon_files)
+    first = prepare(dataset_settings(SETTINGS), amazon_files)
+    again = prepare(dataset_settings(SETTINGS), amazon_files)
+    other = prepare(dataset_settings({**SETTINGS, "seed": 4}), amazon_files)
     for name in ("train", "valid", "test"):
         assert first.splits[name].equals(again.splits[name])
     assert first.items.equals(again.items)
@@ -151,17 +152,17 @@ def test_same_seed_same_split_other_seed_other_ids(amazon_files):
 
 def test_window_or_k_core_that_empties_the_data_names_the_settings(amazon_files):
     with pytest.raises(ValueError, match="k_core"):
-        prepare(DatasetSettings.from_dict({**SETTINGS, "k_core": 50}), amazon_files)
+        prepare(dataset_settings({**SETTINGS, "k_core": 50}), amazon_files)
     with pytest.raises(ValueError, match="window"):
         prepare(
-            DatasetSettings.from_dict({**SETTINGS, "window_start": "2019-01", "window_end": "2019-02"}),
+            dataset_settings({**SETTINGS, "window_start": "2019-01", "window_end": "2019-02"}),
             amazon_files,
         )
 
 
 def test_unknown_setting_is_named():
     with pytest.raises(ValueError, match="kcore"):
-        DatasetSettings.from_dict({**SETTINGS, "kcore": 5}, "toy")
+        dataset_settings({**SETTINGS, "kcore": 5}, "toy")
 
 
 def test_reviews_are_streamed_not_listed(amazon_files, monkeypatch):
@@ -267,12 +268,12 @@ def test_download_rejects_a_bad_file_and_leaves_no_final_file(serve, tmp_path, k
 
 
 def test_widen_window_moves_the_start_back_a_year_while_items_are_few(amazon_files):
-    data = prepare(DatasetSettings.from_dict({**SETTINGS, "widen_window_min_items": 5}), amazon_files)
+    data = prepare(dataset_settings({**SETTINGS, "widen_window_min_items": 5}), amazon_files)
     # 4 items < 5: start 2018-01 -> 2017-01, which takes in u2's A10 of 2017-12-31; still 4 items,
     # but the data start no earlier than 2017-12, so widening stops there.
     assert data.stats["window"] == {"start": "2017-01", "end": "2018-03"}
     assert data.stats["interactions"] == 11 and data.stats["dropped"]["outside_window"] == 1
-    off = prepare(DatasetSettings.from_dict(SETTINGS), amazon_files)
+    off = prepare(dataset_settings(SETTINGS), amazon_files)
     assert off.stats["window"]["start"] == "2018-01"
 
 

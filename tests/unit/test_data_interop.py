@@ -6,8 +6,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from flowrec.data import DatasetSettings, prepare, write_prepared
+from flowrec.data import prepare, write_prepared
 from flowrec.data.interop import D3_COLUMNS, import_d3
+from flowrec.data.settings import dataset_settings
 
 CDS = Path(__file__).resolve().parents[3] / "shared" / "data" / "amazon2018-cds"
 
@@ -92,9 +93,7 @@ def test_import_unknown_title_is_named(tmp_path):
 
 
 def test_d3_export_round_trips_through_import(tmp_path):
-    settings = DatasetSettings.from_dict(
-        {"source": "movielens", "window_start": "1998-03", "window_end": "1998-04"}
-    )
+    settings = dataset_settings({"source": "movielens", "window_start": "1998-03", "window_end": "1998-04"})
     from flowrec.data.movielens import movielens_files
 
     data = prepare(settings, movielens_files())

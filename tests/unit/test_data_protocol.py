@@ -5,9 +5,10 @@ from collections import Counter
 import pandas as pd
 import pytest
 
-from flowrec.data import DatasetSettings, prepare
+from flowrec.data import prepare
 from flowrec.data.movielens import load_movielens, movielens_files
 from flowrec.data.protocol import clean_title, k_core, split_sizes, window_bounds
+from flowrec.data.settings import dataset_settings
 
 
 @pytest.mark.parametrize(
@@ -30,9 +31,11 @@ def test_clean_title(raw, expected):
 
 
 def test_window_bounds_are_month_starts_inclusive():
-    settings = DatasetSettings(source="amazon", category="x", window_start="2015-10", window_end="2018-11")
+    settings = dataset_settings(
+        {"source": "amazon", "category": "x", "window_start": "2015-10", "window_end": "2018-11"}
+    )
     assert window_bounds(settings) == (1443657600, 1541030400)  # 2015-10-01 and 2018-11-01, 00:00 UTC
-    assert window_bounds(DatasetSettings(source="movielens")) == (None, None)
+    assert window_bounds(dataset_settings({"source": "movielens"})) == (None, None)
 
 
 def test_split_sizes_floor_train_and_valid():
@@ -80,7 +83,7 @@ def test_movielens_titles_unique_except_true_duplicates():
 
 
 def test_movielens_window_applies():
-    settings = DatasetSettings(source="movielens", window_start="1998-03", window_end="1998-04")
+    settings = dataset_settings({"source": "movielens", "window_start": "1998-03", "window_end": "1998-04"})
     data = prepare(settings, movielens_files())
     low, high = window_bounds(settings)
     for table in data.splits.values():

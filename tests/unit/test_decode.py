@@ -1,4 +1,4 @@
-"""Trie-constrained batched beam search, temperature and D3's assistant (flowrec.decode, flowrec.d3)."""
+"""Trie-constrained batched beam search, temperature and D3's assistant (flowrec.decode)."""
 
 from types import SimpleNamespace
 
@@ -9,15 +9,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from flowrec.d3 import assistant_log_probs, title_masses
-from flowrec.decode import (
-    DecodeSettings,
-    constrained_beam_search,
-    predictions_table,
-    smallest_item_of_title,
-)
+from flowrec.decode.d3 import assistant_log_probs, title_masses
+from flowrec.decode.predictions import predictions_table, smallest_item_of_title
+from flowrec.decode.run import DecodeSettings
+from flowrec.decode.search import constrained_beam_search
 from flowrec.model import load_tokenizer, save_tuned, tiny_random_model
 from flowrec.prompts import prompt_ids, title_ids_batch
+from flowrec.settings import settings_from_block
 from flowrec.trie import Trie
 
 # Items 0..8; "Heat" twice (items 3 and 8), and a title that is a prefix of another.
@@ -52,7 +50,9 @@ def setup():
 
 def search(setup, prompts=None, **kwargs):
     tokenizer, model, trie, default_prompts = setup
-    kwargs.setdefault("num_return", kwargs.get("num_beams", 10))
+    kwargs.setdefault("num_beams", 10)
+    kwargs.setdefault("num_return", kwargs["num_beams"])
+    kwargs.setdefault("batch_size", 8)
     return constrained_beam_search(
         model, prompts or default_prompts, trie, pad_token_id=tokenizer.pad_token_id, **kwargs
     )
@@ -214,11 +214,11 @@ def test_arguments_are_checked(setup):
     with pytest.raises(ValueError, match="assistant_title_scores"):
         search(setup, assistant_title_scores=np.ones((1, 2)))
     with pytest.raises(ValueError, match="unknown key"):
-        DecodeSettings.from_params({"num_beams": 2, "beams": 3})
+        settings_from_block(DecodeSettings, {"num_beams": 2, "beams": 3})
 
 
 def stage_inputs(setup, tmp_path, nproc: int = 1) -> SimpleNamespace:
-    """The decode rule's `snakemake` object for D3 on 3 of 4 toy test samples, run in `nproc` processes."""
+    """The decode rule's `snakemake` object (flowrec.stages.decode_method) for D3 on 3 of 4 toy test samples, run in `nproc` processes."""
     tokenizer, model, trie, _ = setup
     save_tuned(model, tokenizer, tmp_path / "model", "tiny-random")
     trie.save(tmp_path / "trie.npz")
@@ -240,31 +240,32 @@ def stage_inputs(setup, tmp_path, nproc: int = 1) -> SimpleNamespace:
                 for k, v in [
                     ("model", "model"),
                     ("trie", "trie.npz"),
-                    ("item_titles", "items.parquet"),
+                    ("item_table", "items.parquet"),
                     ("test", "test.parquet"),
                     ("p_ui", "p_ui.npy"),
                 ]
             }
         ),
-        output=[str(tmp_path / "predictions" / "d3.parquet")],
+        output=SimpleNamespace(predictions=str(tmp_path / "predictions" / "d3.parquet")),
         log=[str(tmp_path / "decode.log")],
         params=SimpleNamespace(
             decode={**settings, "temperature": 1.0, "length_normalise": False, "assistant_weight": 0.5},
             prompt={"max_history": 10},
         ),
         wildcards=SimpleNamespace(dataset="toy", method="d3"),
+        rule="decode",
         threads=1,
         resources=SimpleNamespace(gpu=0, nproc=nproc),
     )
 
 
 def test_stage_writes_predictions_for_the_seeded_subset(setup, tmp_path):
-    from flowrec.stages.decode_test import main
+    from flowrec.stages.decode_method import STAGE
     from flowrec.subsets import seeded_subset
 
     snakemake = stage_inputs(setup, tmp_path)
-    main(snakemake)
-    table = pq.read_table(snakemake.output[0])
+    STAGE.main(snakemake)
+    table = pq.read_table(snakemake.output.predictions)
     assert table.schema.field("titles").type == pa.list_(pa.string())
     rows = table.to_pylist()
     assert len(rows) == 3 and all(len(r["titles"]) == 3 for r in rows)
@@ -279,12 +280,13 @@ def test_stage_writes_predictions_for_the_seeded_subset(setup, tmp_path):
 @pytest.mark.slow
 def test_two_processes_decode_what_one_does(setup, tmp_path):
     """torchrun with 2 gloo processes, prompts dealt out round-robin: the one-process predictions."""
-    from flowrec.stages.decode_test import main
+    from flowrec.stages.decode_method import STAGE
 
     one, two = stage_inputs(setup, tmp_path / "one"), stage_inputs(setup, tmp_path / "two", nproc=2)
-    main(one)
-    main(two)
-    a, b = pq.read_table(one.output[0]).to_pylist(), pq.read_table(two.output[0]).to_pylist()
+    STAGE.main(one)
+    STAGE.main(two)
+    a = pq.read_table(one.output.predictions).to_pylist()
+    b = pq.read_table(two.output.predictions).to_pylist()
     assert [(r["sample"], r["titles"]) for r in a] == [(r["sample"], r["titles"]) for r in b]
     np.testing.assert_allclose([r["scores"] for r in b], [r["scores"] for r in a], rtol=1e-5)
     assert "2 process(es)" in (tmp_path / "two/decode.log").read_text()

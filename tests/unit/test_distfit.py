@@ -9,7 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
-from flowrec import distfit, distfit_trl
+from flowrec.distfit import trl
+from flowrec.distfit.evaluate import divergence_table, generate_titles
+from flowrec.distfit.files import sort_target
+from flowrec.distfit.target import DistfitSettings, draw_titles, read_target_file, target_trie, top_titles
+from flowrec.distfit.train import train_with_loop
+from flowrec.report import frequency_matrix
 
 ITEMS = ["Toy Story", "Star Wars", "Fargo", "Contact", "Return of the Jedi", "Fargo"]
 
@@ -25,7 +30,7 @@ def write(tmp_path, text: str):
 
 def test_read_target_file_sorted_by_count(tmp_path):
     path = write(tmp_path, json.dumps({"Fargo": 2, "Star Wars": 5, "Contact": 2.5}))
-    target = distfit.read_target_file(path, ITEMS, "ml100k")
+    target = read_target_file(path, ITEMS, "ml100k")
     assert list(target.items()) == [("Star Wars", 5.0), ("Contact", 2.5), ("Fargo", 2.0)]
 
 
@@ -34,27 +39,27 @@ def test_unknown_title_names_file_and_title(tmp_path):
     with pytest.raises(
         ValueError, match=r"target\.json: title 'Citizen Kane' is not an item title of dataset 'ml100k'"
     ):
-        distfit.read_target_file(path, ITEMS, "ml100k")
+        read_target_file(path, ITEMS, "ml100k")
 
 
 def test_duplicate_title_names_file_and_title(tmp_path):
     # json.load alone would keep the last value silently
     path = write(tmp_path, '{"Fargo": 2, "Contact": 1, "Fargo": 3}')
     with pytest.raises(ValueError, match=r"target\.json: title 'Fargo' appears more than once"):
-        distfit.read_target_file(path, ITEMS, "ml100k")
+        read_target_file(path, ITEMS, "ml100k")
 
 
 @pytest.mark.parametrize("count", [0, -1, "3", True, None])
 def test_bad_count(tmp_path, count):
     path = write(tmp_path, json.dumps({"Fargo": 2, "Contact": count}))
     with pytest.raises(ValueError, match=r"title 'Contact' has count .*expected a positive number"):
-        distfit.read_target_file(path, ITEMS, "ml100k")
+        read_target_file(path, ITEMS, "ml100k")
 
 
 @pytest.mark.parametrize("text", ['["Fargo"]', '{"Fargo": 1}', "{not json"])
 def test_malformed_target(tmp_path, text):
     with pytest.raises(ValueError, match=r"target\.json"):
-        distfit.read_target_file(write(tmp_path, text), ITEMS, "ml100k")
+        read_target_file(write(tmp_path, text), ITEMS, "ml100k")
 
 
 def test_top_titles_by_frequency_ties_by_title_zero_left_out():
@@ -66,35 +71,35 @@ def test_top_titles_by_frequency_ties_by_title_zero_left_out():
             "group": [0, 0, 1, 1, 1],
         }
     )
-    assert distfit.top_titles(groups, 3) == {"b": 7.0, "a": 3.0, "c": 3.0}
-    assert list(distfit.top_titles(groups, 10)) == ["b", "a", "c", "e"]  # "d" never occurs
+    assert top_titles(groups, 3) == {"b": 7.0, "a": 3.0, "c": 3.0}
+    assert list(top_titles(groups, 10)) == ["b", "a", "c", "e"]  # "d" never occurs
 
 
 def test_draw_titles_seeded_and_proportional():
     target = {"a": 6.0, "b": 3.0, "c": 1.0}
-    draw = distfit.draw_titles(target, 20000, seed=1)
-    assert draw[:50] == distfit.draw_titles(target, 20000, seed=1)[:50]
+    draw = draw_titles(target, 20000, seed=1)
+    assert draw[:50] == draw_titles(target, 20000, seed=1)[:50]
     shares = pd.Series(draw).value_counts(normalize=True)
     np.testing.assert_allclose(shares[["a", "b", "c"]], [0.6, 0.3, 0.1], atol=0.01)
 
 
 def test_dpo_pairs_reject_a_less_frequent_title():
     target = {"a": 5.0, "b": 3.0, "c": 3.0, "d": 1.0}
-    chosen, rejected = distfit_trl.dpo_pairs(target, 2000, seed=0)
+    chosen, rejected = trl.dpo_pairs(target, 2000, seed=0)
     assert all(target[r] < target[c] for c, r in zip(chosen, rejected, strict=True))
     assert "d" not in chosen  # nothing is less frequent than the least frequent title
     assert set(rejected) == {"b", "c", "d"}
     with pytest.raises(ValueError, match="same count"):
-        distfit_trl.dpo_pairs({"a": 1.0, "b": 1.0}, 4, seed=0)
+        trl.dpo_pairs({"a": 1.0, "b": 1.0}, 4, seed=0)
 
 
 def test_settings_lambda_key_and_unknown_key():
-    s = distfit.DistfitSettings.from_params({"lambda": 0.5, "batch_size": 8})
+    s = DistfitSettings.from_block({"lambda": 0.5, "batch_size": 8})
     assert s.lambda_ == 0.5 and s.micro_batch_size == 8 and s.n_generate == 256
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['temperature'\]"):
-        distfit.DistfitSettings.from_params({"temperature": 1.0})
+        DistfitSettings.from_block({"temperature": 1.0})
     with pytest.raises(ValueError, match="multiple of"):
-        distfit.DistfitSettings.from_params({"batch_size": 8, "micro_batch_size": 3})
+        DistfitSettings.from_block({"batch_size": 8, "micro_batch_size": 3})
 
 
 # ---- trie, divergences, figure data ----------------------------------------------------------------
@@ -112,7 +117,7 @@ def test_divergence_table_hand_values():
     trie = hand_trie()
     target = {"a": 1.0, "b": 1.0}
     probs = {"flower": {"a": 0.5, "b": 0.5, "c": 0.0}}
-    table = distfit.divergence_table(target, {"base": ["a", "a"], "flower": ["b", "a"]}, trie, probs)
+    table = divergence_table(target, {"base": ["a", "a"], "flower": ["b", "a"]}, trie, probs)
     # T = (1/2, 1/2), R = (1, 0), M = (3/4, 1/4):
     # JS = [1/2 ln(2/3) + 1/2 ln 2 + ln(4/3)] / 2; KL(T||R) with +0.5 on each count: T' = (1/2, 1/2),
     # R' = (5/6, 1/6), so 1/2 ln(3/5) + 1/2 ln 3.
@@ -129,20 +134,33 @@ def test_divergence_table_hand_values():
     assert table.loc["Flower", "title_JS_exact"] == pytest.approx(0.0) and np.isnan(base["title_JS_exact"])
     assert table.loc["Flower", "distinct"] == 2 and base["generated"] == 2
     with pytest.raises(ValueError, match="outside the target set"):
-        distfit.divergence_table(target, {"base": ["z"]}, trie)
+        divergence_table(target, {"base": ["z"]}, trie)
 
 
 def test_frequency_matrix_shares_in_target_order():
     target = {"b": 1.0, "a": 3.0}
-    freq = distfit.frequency_matrix(target, {"sft": ["b", "b", "a", "c"]})
+    freq = frequency_matrix(target, {"sft": ["b", "b", "a", "c"]})
     assert list(freq.index) == ["a", "b"]
     np.testing.assert_allclose(freq["target"], [0.75, 0.25])
     np.testing.assert_allclose(freq["sft"], [0.25, 0.5])  # "c" is outside T: counted in the total only
 
 
+def test_figure_stage_imports_no_torch():
+    """The figure rule runs in envs/report.yaml: its stage must import neither torch nor transformers."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, flowrec.stages.distfit_figure; "
+        "heavy = sorted({'torch', 'transformers', 'trl'} & set(sys.modules)); "
+        "assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_trie_logits_processor_walks_the_completion():
     trie = hand_trie()
-    proc = distfit_trl.TrieLogitsProcessor(trie, prompt_len=2, eos_id=9)
+    proc = trl.TrieLogitsProcessor(trie, prompt_len=2, eos_id=9)
     scores = torch.zeros(3, 12)
     prompt = torch.tensor([[7, 7], [7, 7], [7, 7]])
     out = proc(prompt, scores.clone())
@@ -153,7 +171,7 @@ def test_trie_logits_processor_walks_the_completion():
     step2 = torch.cat([step1, torch.tensor([[9], [9], [3]])], 1)  # rows 0 and 1 finished their title
     out = proc(step2, scores.clone())
     assert [torch.isfinite(r).nonzero().flatten().tolist() for r in out] == [[9], [9], [9]]
-    fresh = distfit_trl.TrieLogitsProcessor(trie, prompt_len=2, eos_id=9)  # rebuilt from scratch
+    fresh = trl.TrieLogitsProcessor(trie, prompt_len=2, eos_id=9)  # rebuilt from scratch
     assert torch.equal(fresh(step2, scores.clone()), out)
 
 
@@ -167,9 +185,9 @@ def tiny():
 
     torch.set_num_threads(1)
     tokenizer = load_tokenizer("tiny-random")
-    target = distfit.sort_target({"Toy Story": 6.0, "Star Wars": 3.0, "Fargo": 2.0, "Contact": 1.0})
-    trie = distfit.target_trie(target, tokenizer)
-    settings = distfit.DistfitSettings.from_params(
+    target = sort_target({"Toy Story": 6.0, "Star Wars": 3.0, "Fargo": 2.0, "Contact": 1.0})
+    trie = target_trie(target, tokenizer)
+    settings = DistfitSettings.from_block(
         {"train_samples": 8, "batch_size": 4, "rl_generations": 4, "learning_rate": 1e-3}
     )
     return tokenizer, target, trie, history_free_prompt_ids(tokenizer), settings
@@ -189,41 +207,41 @@ def test_tuning_driver_end_to_end(tiny, tmp_path, method):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     log_csv, loss_png = tmp_path / "log.csv", tmp_path / "loss.png"
     if method in ("sft", "flower"):
-        tuning = distfit.draw_titles(target, settings.train_samples, settings.seed)
-        distfit.train_with_loop(
+        tuning = draw_titles(target, settings.train_samples, settings.seed)
+        train_with_loop(
             method, model, trie, prompt, tuning, target, settings, tokenizer.pad_token_id, log_csv, loss_png
         )
     else:
-        train = distfit_trl.train_dpo if method == "dpo" else distfit_trl.train_grpo
+        train = trl.train_dpo if method == "dpo" else trl.train_grpo
         rows = train(model, tokenizer, trie, prompt, target, settings)
         assert [r["step"] for r in rows] == [1, 2]  # 8 samples / batch 4
-        distfit_trl.write_training_log(rows, log_csv, loss_png, method)
+        trl.write_training_log(rows, log_csv, loss_png, method)
     assert _changed(before, model)
     log = pd.read_csv(log_csv)
     assert (log["split"] == "train").sum() == 2 and np.isfinite(log["loss"]).all()
     assert loss_png.stat().st_size > 0
     save_tuned(model, tokenizer, tmp_path / "model", "tiny-random")
     tuned, _ = load_tuned(tmp_path / "model", device="cpu")
-    titles = distfit.generate_titles(tuned, trie, prompt, 6, tokenizer.pad_token_id, seed=0, batch_size=4)
+    titles = generate_titles(tuned, trie, prompt, 6, tokenizer.pad_token_id, seed=0, batch_size=4)
     assert len(titles) == 6 and set(titles) <= set(target)
-    assert titles == distfit.generate_titles(
-        tuned, trie, prompt, 6, tokenizer.pad_token_id, seed=0, batch_size=4
-    )
+    assert titles == generate_titles(tuned, trie, prompt, 6, tokenizer.pad_token_id, seed=0, batch_size=4)
 
 
 def test_flower_sample_temperature_reaches_the_sampler(tiny, tmp_path, monkeypatch):
     """distfit.sample_temperature sets the temperature of the titles SubTB scores (default: on-policy)."""
     import dataclasses
 
-    import flowrec.tune.loop as loop
+    import flowrec.distfit.train as distfit_train
 
     seen = {}
-    monkeypatch.setattr(loop, "train", lambda *args, **kwargs: seen.update(kwargs))
+    monkeypatch.setattr(
+        distfit_train, "train", lambda model, loss, *args, **kwargs: seen.update(loss=loss, **kwargs)
+    )
     tokenizer, target, trie, prompt, settings = tiny
-    tuning = distfit.draw_titles(target, settings.train_samples, settings.seed)
+    tuning = draw_titles(target, settings.train_samples, settings.seed)
     for temperature in (1.0, 2.0):
         hot = dataclasses.replace(settings, sample_temperature=temperature)
-        distfit.train_with_loop(
+        train_with_loop(
             "flower",
             None,
             trie,
@@ -235,6 +253,8 @@ def test_flower_sample_temperature_reaches_the_sampler(tiny, tmp_path, monkeypat
             tmp_path / "l.csv",
             tmp_path / "l.png",
         )
-        assert seen["objective"].sample_temperature == temperature
-        assert seen["flower"].sample_temperature == temperature
-    assert distfit.DistfitSettings.from_params({}).sample_temperature == 1.0
+        # one FlowerLoss: the plain reward of the history-free prompt, every token a SubTB state
+        assert seen["loss"].sample_temperature == temperature
+        assert seen["loss"].lambda_ == settings.lambda_ and seen["loss"].reward == "plain"
+        assert seen["loss"].granularity == 1 and seen["name"] == "flower"
+    assert DistfitSettings.from_block({}).sample_temperature == 1.0

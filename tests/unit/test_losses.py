@@ -1,4 +1,4 @@
-"""Losses of BIGRec, IFairLRS and Flower on hand-made tensors (flowrec.tune.losses)."""
+"""Losses of BIGRec, IFairLRS and Flower on hand-made tensors (flowrec.tune.losses, flowrec.tune.objectives)."""
 
 import itertools
 import math
@@ -15,6 +15,7 @@ from flowrec.tune.losses import (
     subtb_loss,
     token_log_probs,
 )
+from flowrec.tune.objectives import FlowerLoss, SFTLoss, make_loss
 
 
 def hand_subtb(log_pi: list[float], log_r: list[float], granularity: int) -> float:
@@ -113,3 +114,37 @@ def test_reward_variants_and_p_ui_normalisation():
     assert torch.allclose(process_log_rewards(edge, pu, "add"), torch.log(torch.tensor([[1.0, 0.4]])))
     with pytest.raises(ValueError, match="unknown reward variant"):
         process_log_rewards(edge, pu, "mul")
+
+
+def test_make_loss_dispatches_by_method_and_names_the_known_ones():
+    assert type(make_loss("bigrec")) is SFTLoss and type(make_loss("ifairlrs")) is SFTLoss
+    flower = make_loss("flower", {"lambda": 0.5, "reward": "add"}, trie=None, granularity=3)
+    assert isinstance(flower, FlowerLoss) and (flower.lambda_, flower.reward, flower.granularity) == (
+        0.5,
+        "add",
+        3,
+    )
+    assert flower.sample_temperature == 1.0  # the schema default fills what the block leaves out
+    with pytest.raises(
+        ValueError, match=r"unknown tuning method 'dpo'; expected one of .*bigrec.*ifairlrs.*flower"
+    ):
+        make_loss("dpo")
+    with pytest.raises(ValueError, match=r"`flower`: unknown key\(s\) \['lam'\]"):
+        make_loss("flower", {"lam": 0.5}, trie=None, granularity=1)
+
+
+def test_loss_objects_combine_their_parts(monkeypatch):
+    import flowrec.tune.objectives as objectives
+
+    sft, subtb = torch.tensor([1.0, 2.0]), torch.tensor([30.0, 0.5])
+    monkeypatch.setattr(objectives, "flower_losses", lambda *args, **kwargs: (sft, subtb))
+    monkeypatch.setattr(objectives, "sft_losses", lambda model, batch: sft)
+    flower = FlowerLoss(trie=None, lambda_=0.005, reward="plain", sample_temperature=1.0, granularity=1)
+    total, parts = flower(None, None, 0, None)
+    assert torch.equal(total, sft + 0.005 * subtb) and set(parts) == set(flower.parts) == {"sft", "subtb"}
+    assert torch.equal(parts["sft"], sft) and torch.equal(parts["subtb"], subtb)
+    assert not flower.uses_p_ui and FlowerLoss(None, 1.0, "div", 1.0, 1).uses_p_ui
+    total, parts = SFTLoss()(None, None, 0, None)
+    # SFT has no SubTB term: a zero one keeps log.csv's subtb_loss column for the SFT methods.
+    assert torch.equal(total, sft) and torch.equal(parts["subtb"], torch.zeros(2))
+    assert flower.fingerprint()["lambda"] == 0.005 and SFTLoss().fingerprint() != flower.fingerprint()

@@ -5,17 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from flowrec.model import (
-    EMBEDDED,
-    TINY_RANDOM,
-    LoraSettings,
-    ModelSettings,
-    load_base_model,
-    load_tokenizer,
-    load_tuned,
-    resolve_model_source,
-    save_tuned,
-)
+from flowrec.model import LoraSettings, ModelSettings, load_base_model, load_tokenizer, load_tuned, save_tuned
+from flowrec.model_source import EMBEDDED, TINY_RANDOM, resolve_model_source
+from flowrec.settings import settings_from_block
 
 INPUT = torch.tensor([[1, 520, 9531, 198, 30359, 365]])
 
@@ -40,10 +32,11 @@ def test_lora_wraps_and_freezes_the_base() -> None:
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     assert any("q_proj" in n for n in trainable) and any("down_proj" in n for n in trainable)
-    assert ModelSettings.from_config({"lora": True, "lora_r": 4}).lora_settings() == LoraSettings(4, 16, 0.05)
-    assert ModelSettings().lora_settings() is None
+    lora_on = settings_from_block(ModelSettings, {"lora": True, "lora_r": 4}, "model")
+    assert lora_on.lora_settings() == LoraSettings(4, 16, 0.05)
+    assert settings_from_block(ModelSettings, {}, "model").lora_settings() is None
     with pytest.raises(ValueError, match="lora_rank"):
-        ModelSettings.from_config({"lora_rank": 4})
+        settings_from_block(ModelSettings, {"lora_rank": 4}, "model")
 
 
 def _perturb(model) -> None:
@@ -111,13 +104,13 @@ def test_gguf_tokenizer_cache_is_identical(
 ) -> None:
     from transformers import AutoTokenizer
 
-    from flowrec.model import _from_pretrained
+    from flowrec.model_source import load_pretrained
 
     monkeypatch.setenv("FLOWREC_CACHE", str(tmp_path))
-    converted = _from_pretrained(AutoTokenizer, EMBEDDED, "tokenizer")  # from the GGUF, then stored
+    converted = load_pretrained(AutoTokenizer, EMBEDDED, "tokenizer")  # from the GGUF, then stored
     cached_dirs = list(tmp_path.glob("*/tokenizer"))
     assert len(cached_dirs) == 1 and not list(tmp_path.glob("*/.*.part"))
-    cached = _from_pretrained(AutoTokenizer, EMBEDDED, "tokenizer")
+    cached = load_pretrained(AutoTokenizer, EMBEDDED, "tokenizer")
     assert str(cached_dirs[0]) in str(cached.name_or_path)
     texts = ["Heat (1995)\n", "Café Society <|im_end|>", " \n  x", "L'Âge d'or"]
     for tok in (cached, tokenizer):

@@ -1,4 +1,5 @@
-"""Tables: the paper's row and column order and precision; figures: written as PNG from small inputs."""
+"""Tables: the paper's row and column order and precision; figures (the popularity groups, the training
+curves, distribution fitting): written as PNG from small inputs."""
 
 import numpy as np
 import pandas as pd
@@ -7,7 +8,9 @@ import pytest
 from flowrec.report import (
     combined_table,
     figure_cutoff,
+    frequency_matrix,
     order_columns,
+    plot_distribution_fit,
     plot_popularity_groups,
     plot_training_curves,
     results_table,
@@ -106,3 +109,9 @@ def test_figures_are_written(tmp_path):
     assert (tmp_path / "train.png").stat().st_size > 1000
     with pytest.raises(ValueError, match="subtb_loss"):
         plot_training_curves(log.drop(columns="subtb_loss"), tmp_path / "bad.png")
+
+
+def test_distribution_fit_figure_is_written(tmp_path):
+    freq = frequency_matrix({"a": 3.0, "b": 1.0}, {"base": ["a", "b"], "flower": ["a", "a", "b", "a"]})
+    plot_distribution_fit(freq, tmp_path / "fit.png", title="toy")
+    assert (tmp_path / "fit.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

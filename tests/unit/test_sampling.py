@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 import torch
 
+from flowrec.lm import copy_cache, encode_prompts, left_pad
 from flowrec.model import load_tokenizer, tiny_random_model
 from flowrec.prompts import history_free_prompt_ids, prompt_ids, title_ids_batch
-from flowrec.lm import copy_cache, encode_prompts, left_pad
 from flowrec.sampling import sample_continuations, sample_titles
 from flowrec.trie import Trie
 from flowrec.tune.data import Batch
-from flowrec.tune.forward import FlowerObjective, flower_losses, sft_losses
+from flowrec.tune.forward import flower_losses, sft_losses
 from flowrec.tune.losses import token_log_probs
 
 TITLES = ["Toy Story", "Toy Story 2", "Heat", "Casino", "Fargo", "Babe"]
@@ -83,9 +83,15 @@ def test_flower_forward_matches_one_pass_and_reaches_parameters(setup):
         [torch.ones(len(t), dtype=torch.long) for t in targets], batch_first=True
     )
     batch = Batch(ids, mask, tgt, tmask, torch.ones(3), None)
-    objective = FlowerObjective(trie, reward="plain")
     sft, subtb = flower_losses(
-        model, batch, objective, tokenizer.pad_token_id, torch.Generator().manual_seed(0)
+        model,
+        batch,
+        trie,
+        tokenizer.pad_token_id,
+        torch.Generator().manual_seed(0),
+        reward="plain",
+        sample_temperature=1.0,
+        granularity=1,
     )
     # The SFT part computed on top of the shared prompt cache equals a plain one-pass SFT forward.
     assert torch.allclose(sft, sft_losses(model, batch), atol=1e-4)

@@ -15,8 +15,9 @@ from flowrec.sasrec import (
     ranking_metrics,
     split_arrays,
     target_ranks,
-    title_scores,
 )
+from flowrec.settings import settings_from_block
+from flowrec.titles import title_scores
 
 N_ITEMS = 30
 SIZES = {"train": 1500, "valid": 120, "test": 150}
@@ -42,7 +43,7 @@ def tiny_settings(**overrides) -> SasrecSettings:
         hidden_size=16, n_layers=1, n_heads=2, inner_size=32, dropout=0.1, learning_rate=0.01,
         batch_size=64, epochs=1, patience=1, seed=7,
     )  # fmt: skip
-    return SasrecSettings.from_dict({**params, **overrides})
+    return settings_from_block(SasrecSettings, {**params, **overrides}, "sasrec")
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +71,9 @@ def splits(data_dir):
 
 def test_settings_reject_unknown_key():
     with pytest.raises(ValueError, match="unknown key.*learning_rte"):
-        SasrecSettings.from_dict({"learning_rte": 0.1})
+        settings_from_block(SasrecSettings, {"learning_rte": 0.1}, "sasrec")
     with pytest.raises(ValueError, match="CE or BCE"):
-        SasrecSettings.from_dict({"loss": "BPR"})
+        settings_from_block(SasrecSettings, {"loss": "BPR"}, "sasrec")
 
 
 def test_split_arrays_pad_and_check():
@@ -95,14 +96,16 @@ def test_ranks_and_metrics_by_hand():
     assert m["NDCG@2"] == pytest.approx((1 / np.log2(3) + 1.0) / 2)
 
 
-def test_title_index_and_scores():
-    items = pa.table({"item_id": [2, 0, 1, 3], "title": ["B", "A", "B", "C"]})
-    index = TitleIndex.from_items(items)
+def test_title_index_and_scores(tmp_path):
+    pq.write_table(
+        pa.table({"item_id": [2, 0, 1, 3], "title": ["B", "A", "B", "C"]}), tmp_path / "items.parquet"
+    )
+    index = TitleIndex.read(tmp_path / "items.parquet")
     assert index.titles == ["A", "B", "C"]
     np.testing.assert_array_equal(index.item_title, [0, 1, 1, 2])
     np.testing.assert_array_equal(index.title_item, [0, 1, 3])  # smallest item id per title
     probs = torch.tensor([[0.1, 0.2, 0.6, 0.1]])
-    scores = title_scores(probs, torch.from_numpy(index.item_title), 3)
+    scores = title_scores(probs, torch.from_numpy(index.item_title), 3, reduce="max", empty=-1.0)
     torch.testing.assert_close(scores, torch.tensor([[0.1, 0.6, 0.1]]))
 
 

@@ -12,7 +12,6 @@ import pytest
 import torch
 import yaml
 
-from flowrec.groups import group_shares, popularity_groups, title_history_counts
 from flowrec.prompts import sample_ids, split_token_ids, title_ids, title_ids_batch
 from flowrec.stages.build_trie import build, read_item_titles
 from flowrec.trie import Trie, build_trie
@@ -190,29 +189,6 @@ def test_build_rejects_ambiguous_paths() -> None:
         Trie.build(["a", "b"], {"a": [1, 2], "b": [1, 2]})
 
 
-def test_popularity_groups_by_hand() -> None:
-    # titles 0..8; frequencies with ties and three zero-frequency titles
-    freq = np.array([5, 0, 9, 1, 5, 0, 2, 7, 0])
-    groups = popularity_groups(freq, 3)
-    # seen titles by frequency desc, ties by id: 2(9) 7(7) 0(5) 4(5) 6(2) 3(1) -> cut 2/2/2
-    # unseen 1, 5, 8 -> last group, which therefore has 5 titles
-    assert groups.tolist() == [1, 2, 0, 2, 1, 2, 2, 0, 2]
-    shares = group_shares(freq, groups, 3)
-    assert np.allclose(shares, [16 / 29, 10 / 29, 3 / 29])
-    # with 7 seen titles and 3 groups np.array_split gives 3/2/2
-    assert np.bincount(popularity_groups(np.array([1, 2, 3, 4, 5, 6, 7, 0]), 3)).tolist() == [3, 2, 3]
-
-
-def test_title_history_counts_accepts_arrow_and_lists() -> None:
-    item_title = np.array([0, 1, 1, 2])
-    lists = [[0, 1], [2, 3, 2], []]
-    arrow = pa.chunked_array([pa.array(lists, type=pa.list_(pa.int64()))])
-    assert title_history_counts(lists, item_title, 4).tolist() == [1, 3, 1, 0]
-    assert title_history_counts(arrow, item_title, 4).tolist() == [1, 3, 1, 0]
-    with pytest.raises(ValueError, match="item ids"):
-        title_history_counts([[7]], item_title, 4)
-
-
 def write_split(folder: Path) -> None:
     """A small split in the canonical format (docs/formats.md), with shared and prefix titles."""
     titles = ["Back to the Future (1985)", "Back to the Future Part II (1989)", "Heat (1995)", "Heat (1995)",
@@ -292,8 +268,9 @@ def test_generated_split_targets_are_trie_paths(tmp_path: Path, tokenizer) -> No
 @pytest.mark.slow
 def test_ml100k_targets_are_trie_paths(tmp_path: Path, tokenizer) -> None:
     """The whole of MovieLens-100K (the embedded default's data stage, settings of config.yaml)."""
-    from flowrec.data import DatasetSettings, prepare, write_prepared
+    from flowrec.data import prepare, write_prepared
     from flowrec.data.movielens import movielens_files
+    from flowrec.data.settings import dataset_settings
 
     block = yaml.safe_load((REPO / "config.yaml").read_text())["datasets"]["ml100k"]
     data = tmp_path / "data"
@@ -301,6 +278,6 @@ def test_ml100k_targets_are_trie_paths(tmp_path: Path, tokenizer) -> None:
     out |= {"stats": data / "stats.json"} | {
         f"d3_{n}": data / f"d3/{n}.csv" for n in ("train", "valid", "test")
     }
-    write_prepared(prepare(DatasetSettings.from_dict(block, "ml100k"), movielens_files()), out)
+    write_prepared(prepare(dataset_settings(block, "ml100k"), movielens_files()), out)
     trie, _, _ = build(data / "items.parquet", data / "train.parquet", "tiny-random", 8)
     check_targets_are_trie_paths(data, tokenizer, trie, prompt_rows=500)

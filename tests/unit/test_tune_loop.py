@@ -12,9 +12,11 @@ from flowrec.groups import group_shares, popularity_groups, title_history_counts
 from flowrec.model import load_tokenizer, tiny_random_model
 from flowrec.trie import build_trie
 from flowrec.tune.data import build_tune_data, group_weights
-from flowrec.tune.forward import FlowerObjective
-from flowrec.tune.loop import FlowerSettings, TrainPaths, TuneSettings, train
+from flowrec.tune.forward import sft_losses
+from flowrec.tune.loop import TrainPaths, train
+from flowrec.tune.objectives import FlowerLoss, make_loss
 from flowrec.tune.run import TuneJob, launch, run_job
+from flowrec.tune.settings import TuneSettings
 
 TITLES = ["Toy Story", "Heat", "Casino", "Fargo", "Babe", "Sabrina", "Jumanji", "Heat", "Nixon", "Balto"]
 
@@ -71,7 +73,7 @@ def dataset(tmp_path_factory, tokenizer):
 
 def settings(**kw) -> TuneSettings:
     base = dict(epochs=1, batch_size=8, micro_batch_size=4, learning_rate=1e-3, patience=2, seed=3)
-    return TuneSettings(**{**base, **kw})
+    return TuneSettings.from_config({**base, **kw})
 
 
 def tensors(dataset, tokenizer, method: str):
@@ -97,17 +99,16 @@ def test_one_step_changes_parameters_and_logs(method, dataset, tokenizer, tmp_pa
         assert not torch.allclose(train_data.weights, torch.ones(16))  # popular targets weigh less
     model = tiny_random_model(tokenizer, seed=0)
     before = [p.detach().clone() for p in model.parameters()]
-    objective = FlowerObjective(dataset[1], "div", 1.0, 2)
+    loss = make_loss(method, {"lambda": 0.01, "reward": "div"}, dataset[1], 2)
     result = train(
         model,
-        method,
+        loss,
         train_data,
         valid_data,
         settings(batch_size=16, micro_batch_size=8),
         paths(tmp_path),
         tokenizer.pad_token_id,
-        FlowerSettings(lambda_=0.01),
-        objective,
+        name=method,
     )
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     log = pd.read_csv(tmp_path / "log.csv")
@@ -121,21 +122,49 @@ def test_one_step_changes_parameters_and_logs(method, dataset, tokenizer, tmp_pa
     assert (tmp_path / "loss.png").stat().st_size > 0
 
 
-def test_title_scores_take_the_max_over_items_sharing_a_title():
-    from flowrec.tune.data import title_scores
-
-    p = np.array([[0.1, 0.5, 0.2, 0.2], [0.4, 0.1, 0.3, 0.2]], dtype=np.float32)
-    item_title = np.array([2, 0, 2, 1])  # items 0 and 2 share title 2; title 3 has no item
-    np.testing.assert_allclose(title_scores(p, item_title, 4), [[0.5, 0.2, 0.2, 0.0], [0.1, 0.2, 0.4, 0.0]])
-
-
-def test_unknown_method_and_settings_keys_raise(dataset, tokenizer, tmp_path):
+def test_settings_keys_and_batch_sizes_are_checked(dataset, tokenizer, tmp_path):
     train_data, valid_data = tensors(dataset, tokenizer, "bigrec")
-    with pytest.raises(ValueError, match="unknown tuning method 'dpo'"):
-        train(tiny_random_model(tokenizer), "dpo", train_data, valid_data, settings(), paths(tmp_path), 0)
     with pytest.raises(ValueError, match=r"`tune`: unknown key\(s\) \['lr'\]"):
         TuneSettings.from_config({"lr": 0.1})
-    assert FlowerSettings.from_config({"lambda": 0.5, "reward": "add"}).lambda_ == 0.5
+    with pytest.raises(ValueError, match=r"batch_size \(10\) must be a multiple"):
+        loss = make_loss("bigrec")
+        model = tiny_random_model(tokenizer)
+        train(model, loss, train_data, valid_data, settings(batch_size=10), paths(tmp_path), 0, name="x")
+
+
+class HalfSFT:
+    """A loss the loop has never heard of: half the SFT loss, logged as its one part."""
+
+    parts = ("half_sft",)
+
+    def __call__(self, model, batch, pad_id, generator):
+        half = 0.5 * sft_losses(model, batch)
+        return half, {"half_sft": half}
+
+    def fingerprint(self) -> dict:
+        return {"loss": "half_sft"}
+
+
+def test_the_loop_trains_with_any_loss_object(dataset, tokenizer, tmp_path):
+    train_data, valid_data = tensors(dataset, tokenizer, "bigrec")
+    model = tiny_random_model(tokenizer, seed=0)
+    before = [p.detach().clone() for p in model.parameters()]
+    train(
+        model,
+        HalfSFT(),
+        train_data,
+        valid_data,
+        settings(),
+        paths(tmp_path),
+        tokenizer.pad_token_id,
+        name="half",
+    )
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    log = pd.read_csv(tmp_path / "log.csv")
+    assert list(log.columns) == ["step", "epoch", "loss", "half_sft_loss", "lr", "split"]
+    train_rows = log[log["split"] == "train"]
+    assert len(train_rows) == 2 and (train_rows["loss"] == train_rows["half_sft_loss"]).all()
+    assert (tmp_path / "loss.png").stat().st_size > 0
 
 
 class Interrupted(Exception):
@@ -143,23 +172,14 @@ class Interrupted(Exception):
 
 
 def test_resume_after_interruption_gives_the_same_weights(dataset, tokenizer, tmp_path):
-    train_data, valid_data = tensors(dataset, tokenizer, "flower")
-    objective = FlowerObjective(dataset[1], "div")
+    data = tensors(dataset, tokenizer, "flower")
+    loss = FlowerLoss(trie=dataset[1], lambda_=0.01, reward="div", sample_temperature=1.0, granularity=1)
     cfg = settings(epochs=2, patience=5, micro_batch_size=8)
 
     def run(folder, on_checkpoint=None):
-        model = tiny_random_model(tokenizer, seed=0)
+        model, pad = tiny_random_model(tokenizer, seed=0), tokenizer.pad_token_id
         result = train(
-            model,
-            "flower",
-            train_data,
-            valid_data,
-            cfg,
-            paths(folder),
-            tokenizer.pad_token_id,
-            FlowerSettings(lambda_=0.01),
-            objective,
-            on_checkpoint,
+            model, loss, *data, cfg, paths(folder), pad, name="flower", on_checkpoint=on_checkpoint
         )
         return model, result
 
@@ -171,6 +191,8 @@ def test_resume_after_interruption_gives_the_same_weights(dataset, tokenizer, tm
 
     with pytest.raises(Interrupted):
         run(tmp_path / "b", interrupt)
+    # Tensors and plain values only: the checkpoint loads without unpickling arbitrary objects.
+    assert torch.load(tmp_path / "b/checkpoints/last.pt", weights_only=True)["progress"]["epoch"] == 0
     resumed, result = run(tmp_path / "b")
     assert result.resumed_from_epoch == 0 and result.epochs_run == 1
     for a, b in zip(straight.state_dict().values(), resumed.state_dict().values(), strict=True):
@@ -179,10 +201,14 @@ def test_resume_after_interruption_gives_the_same_weights(dataset, tokenizer, tm
 
 
 def job(dataset, folder, method="bigrec") -> TuneJob:
+    """The job of `method`, with that method's own inputs only (as rules/tune.smk gives them)."""
     root = dataset[0]
+    ifairlrs = method == "ifairlrs"
     return TuneJob(
         method=method,
-        data_dir=str(root / "data"),
+        items=str(root / "data/items.parquet"),
+        train=str(root / "data/train.parquet"),
+        valid=str(root / "data/valid.parquet"),
         trie=str(root / "trie/trie.npz"),
         model_dir=str(folder / "model"),
         log_csv=str(folder / "log.csv"),
@@ -200,9 +226,9 @@ def job(dataset, folder, method="bigrec") -> TuneJob:
         },
         flower={"lambda": 0.01, "reward": "div"},
         granularity=1,
-        groups=str(root / "trie/groups.parquet"),
-        groups_json=str(root / "trie/groups.json"),
-        p_ui_train=str(root / "sasrec/p_ui_train.npy"),
+        groups=str(root / "trie/groups.parquet") if ifairlrs else None,
+        groups_json=str(root / "trie/groups.json") if ifairlrs else None,
+        p_ui_train=str(root / "sasrec/p_ui_train.npy") if method == "flower" else None,
         device="cpu",
     )
 
@@ -234,7 +260,7 @@ TOY_COUNTS = np.array([32, 16, 8, 4, 2, 1, 1])
 def toy_fit(method: str, tokenizer, folder) -> float:
     """JS divergence between the reward distribution and the trie-constrained sampling distribution of a
     tiny model tuned for 100 steps on a history-free prompt whose targets follow the rewards exactly."""
-    from flowrec.metrics import js_divergence
+    from flowrec.divergences import js_divergence
     from flowrec.prompts import history_free_prompt_ids, title_ids_batch
     from flowrec.sampling import title_log_probs
     from flowrec.trie import Trie
@@ -250,20 +276,11 @@ def toy_fit(method: str, tokenizer, folder) -> float:
         np.arange(4), [prompt] * 4, targets[:4], torch.ones(4), torch.from_numpy(titles[:4]), None
     )
     model = tiny_random_model(tokenizer, seed=0)
-    cfg = TuneSettings(
-        epochs=25, batch_size=16, micro_batch_size=16, learning_rate=1e-2, patience=100, seed=0
+    cfg = TuneSettings.from_config(
+        dict(epochs=25, batch_size=16, micro_batch_size=16, learning_rate=1e-2, patience=100, seed=0)
     )
-    train(
-        model,
-        method,
-        data,
-        valid,
-        cfg,
-        paths(folder),
-        tokenizer.pad_token_id,
-        FlowerSettings(1.0, "plain"),
-        FlowerObjective(trie, "plain"),
-    )
+    loss = make_loss(method, {"lambda": 1.0, "reward": "plain", "sample_temperature": 1.0}, trie, 1)
+    train(model, loss, data, valid, cfg, paths(folder), tokenizer.pad_token_id, name=method)
     fitted = torch.exp(title_log_probs(model, trie, prompt.tolist(), tokenizer.pad_token_id)).numpy()
     return js_divergence(trie.title_reward, fitted)
 

@@ -16,10 +16,11 @@ import pyarrow as pa
 from flowrec.data.amazon import load_amazon
 from flowrec.data.interop import import_d3, write_d3_csv
 from flowrec.data.movielens import load_movielens
-from flowrec.data.protocol import SPLITS, DatasetSettings, build_dataset, window_bounds
+from flowrec.data.protocol import SPLITS, build_dataset, window_bounds
+from flowrec.data.settings import DatasetSettings
 from flowrec.io import write_json, write_parquet
 
-__all__ = ["DatasetSettings", "PreparedData", "prepare", "write_prepared", "SAMPLE_COLUMNS"]
+__all__ = ["PreparedData", "prepare", "write_prepared", "SAMPLE_COLUMNS"]
 log = logging.getLogger("flowrec.data")
 SAMPLE_COLUMNS = ["user", "history", "target", "timestamp"]  # the Parquet contract of a split
 

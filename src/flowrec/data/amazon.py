@@ -1,4 +1,5 @@
-"""Amazon Review Data 2018 (McAuley lab): resumable download and streaming parse (method.md section 2).
+"""Amazon Review Data 2018 (McAuley lab): resumable download and streaming parse (docs/method.md
+section 2).
 
 Files are gzip JSON lines; CDs_and_Vinyl alone has ~4.5 M reviews, so nothing here holds a file's
 lines in a list: metadata becomes one dict asin -> clean title, reviews become compact integer

@@ -1,4 +1,4 @@
-"""The D3/BIGRec interop CSV (method.md section 2): export of our splits, import of an existing split.
+"""The D3/BIGRec interop CSV (docs/method.md section 2): export of our splits, import of an existing split.
 
 Columns: user_id, item_asins, item_asin, history_item_id, item_id, history_item_title, item_title,
 history_rating, rating, history_timestamp, timestamp; list cells are Python literals

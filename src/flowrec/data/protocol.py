@@ -1,4 +1,4 @@
-"""The data protocol of method.md section 2: window, title cleaning, k-core, item ids, samples, split.
+"""The data protocol (docs/method.md section 2): window, title cleaning, k-core, item ids, samples, split.
 
 Every source (MovieLens, Amazon, ...) reduces to one `Interactions` frame and a title per item; the
 functions here turn that into the canonical items table and the three splits (docs/formats.md,
@@ -7,18 +7,18 @@ functions here turn that into the canonical items table and the three splits (do
 
 from __future__ import annotations
 
-import dataclasses
 import html
 import logging
 import math
 import re
 from collections import Counter
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+
+from flowrec.data.settings import DatasetSettings, month_start
 
 log = logging.getLogger("flowrec.data")
 
@@ -27,60 +27,6 @@ SPLITS = ("train", "valid", "test")
 # a "<" directly followed by a tag name (or "/" or "!"). "Love <3" or "a < b" are not markup.
 _MARKUP = re.compile(r"<\s*[/!]?[A-Za-z][A-Za-z0-9-]*(?:[\s/>]|$)")
 _STRIP = " \t\r\n\"'"
-
-
-@dataclass
-class DatasetSettings:
-    """One entry of `datasets:` in the config (config/schema.yaml documents every key)."""
-
-    source: str
-    category: str | None = None
-    raw_dir: str | None = None
-    base_url: str = "https://datarepo.eng.ucsd.edu/mcauley_group/data/amazon_v2"
-    checksums: dict[str, str] = field(default_factory=dict)
-    import_dir: str | None = None
-    window_start: str | None = None
-    window_end: str | None = None
-    widen_window_min_items: int | None = None
-    k_core: int = 5
-    max_history: int = 10
-    split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
-    seed: int = 42
-    max_title_words: int = 20
-
-    @classmethod
-    def from_dict(cls, settings: dict, name: str = "dataset") -> DatasetSettings:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(settings) - known)
-        if unknown:
-            raise ValueError(
-                f"datasets.{name}: unknown setting(s) {unknown}; expected some of {sorted(known)}"
-            )
-        out = cls(**settings)
-        out.validate(name)
-        return out
-
-    def validate(self, name: str = "dataset") -> None:
-        if self.source not in ("movielens", "amazon", "import"):
-            raise ValueError(f"datasets.{name}.source: {self.source!r}, expected movielens, amazon or import")
-        if self.source == "amazon" and not self.category:
-            raise ValueError(f"datasets.{name}.category: required for source amazon (e.g. CDs_and_Vinyl)")
-        if self.source == "import" and not self.import_dir:
-            raise ValueError(f"datasets.{name}.import_dir: required for source import")
-        if len(self.split) != 3 or min(self.split) <= 0:
-            raise ValueError(f"datasets.{name}.split: {self.split}, expected three positive shares")
-        for key in ("window_start", "window_end"):
-            if getattr(self, key) is not None:
-                month_start(getattr(self, key), f"datasets.{name}.{key}")
-
-
-def month_start(month: str, what: str = "month") -> int:
-    """Unix seconds (UTC) of the first instant of `month` ("YYYY-MM")."""
-    try:
-        year, mon = (int(part) for part in month.split("-"))
-        return int(datetime(year, mon, 1, tzinfo=UTC).timestamp())
-    except (ValueError, TypeError) as err:
-        raise ValueError(f"{what}: {month!r}, expected YYYY-MM") from err
 
 
 def window_bounds(settings: DatasetSettings, start_month: str | None = None) -> tuple[int | None, int | None]:
@@ -94,7 +40,7 @@ def window_bounds(settings: DatasetSettings, start_month: str | None = None) -> 
 
 
 def clean_title(raw: object, max_words: int) -> tuple[str | None, str | None]:
-    """(clean title, None) or (None, reason) for one raw title (method.md section 2).
+    """(clean title, None) or (None, reason) for one raw title (docs/method.md section 2).
 
     html.unescape, then strip surrounding spaces and quotes; drop a missing title, one of one character
     or less, more than `max_words` whitespace-separated words, or one containing HTML markup.

@@ -1,36 +1,32 @@
 """Stage build_trie: trie over the dataset's titles, R(i) from train histories, popularity groups.
 
-Inputs: results/{dataset}/data/items.parquet and train.parquet. Outputs (docs/formats.md):
-results/{dataset}/trie/trie.npz, groups.parquet, groups.json. Params: model (name_or_path, for the
-tokenizer) and n_groups (config trie.n_groups). trie.granularity is not a param: the loss applies it.
+Outputs (docs/formats.md): trie/trie.npz, groups.parquet, groups.json. trie.granularity is not a
+param: the loss applies it (docs/method.md section 3).
 """
 
+import logging
 import time
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from flowrec.cli import Param, Stage
 from flowrec.groups import group_shares, groups_table, popularity_groups, title_history_counts
-from flowrec.io import write_json, write_parquet
-from flowrec.logs import log_to
+from flowrec.io import read_items, write_json, write_parquet
 from flowrec.model import load_tokenizer
 from flowrec.trie import Trie, build_trie
 
+log = logging.getLogger(__name__)
+
 
 def read_item_titles(path: str | Path) -> list[str]:
-    """Titles indexed by item id; items.parquet must hold item ids 0..N-1."""
-    table = pq.read_table(path, columns=["item_id", "title"])
-    ids = table.column("item_id").to_numpy()
-    order = np.argsort(ids, kind="stable")
-    if not np.array_equal(ids[order], np.arange(len(ids))):
-        raise ValueError(f"{path}: column item_id must hold 0..{len(ids) - 1} exactly once each")
-    titles = table.column("title").to_pylist()
-    missing = [int(ids[i]) for i in order if titles[i] is None]
+    """Titles indexed by item id (flowrec.io.read_items checks the ids are 0..N-1); every item has one."""
+    items = read_items(path, columns=["item_id", "title"])
+    missing = items.loc[items["title"].isna(), "item_id"].tolist()
     if missing:
         raise ValueError(f"{path}: items {missing[:5]} have no title")
-    return [titles[i] for i in order]
+    return items["title"].tolist()
 
 
 def build(
@@ -51,30 +47,42 @@ def build(
     )
 
 
-def main(snakemake) -> None:
-    log = log_to(snakemake.log[0])
+def make_trie(
+    item_table: str, train: str, trie: str, groups: str, groups_json: str, model: str, n_groups: int
+) -> None:
+    """Build the trie and the popularity groups, and write the three outputs."""
     start = time.perf_counter()
-    trie, table, groups_json = build(
-        snakemake.input.items_table,
-        snakemake.input.train,
-        snakemake.params.model,
-        int(snakemake.params.n_groups),
-    )
+    built, table, shares = build(item_table, train, model, int(n_groups))
     log.info(
         "trie: %d items, %d titles, %d nodes, %d edges, max depth %d, %d titles with zero flow, built in %.1f s",
-        trie.n_items,
-        trie.n_titles,
-        trie.n_nodes,
-        trie.n_edges,
-        int(trie.depth.max()),
-        int((trie.title_reward == 0).sum()),
+        built.n_items,
+        built.n_titles,
+        built.n_nodes,
+        built.n_edges,
+        int(built.depth.max()),
+        int((built.title_reward == 0).sum()),
         time.perf_counter() - start,
     )
-    log.info("group shares: %s", [round(s, 4) for s in groups_json["shares"]])
-    trie.save(snakemake.output.trie)
-    write_parquet(table, snakemake.output.groups)
-    write_json(groups_json, snakemake.output.groups_json)
+    log.info("group shares: %s", [round(s, 4) for s in shares["shares"]])
+    built.save(trie)
+    write_parquet(table, groups)
+    write_json(shares, groups_json)
 
 
-if __name__ == "__main__":  # Snakemake runs a script: as __main__
-    main(snakemake)  # noqa: F821
+STAGE = Stage(
+    run=make_trie,
+    doc=__doc__,
+    inputs={"item_table": "data/items.parquet", "train": "data/train.parquet"},
+    outputs={
+        "trie": "trie/trie.npz",
+        "groups": "trie/groups.parquet (title, title_id, frequency, group)",
+        "groups_json": "trie/groups.json (group shares of the train histories)",
+    },
+    params={
+        "model": Param("model name_or_path (its tokenizer tokenizes the titles)", block="model.name_or_path"),
+        "n_groups": Param("popularity groups", block="trie.n_groups"),
+    },
+)
+
+if __name__ == "__main__":
+    STAGE.main(globals().get("snakemake"))

@@ -1,21 +1,33 @@
-"""Rule distfit_figure: target vs generated share over titles sorted by target share (paper's Figure 4)."""
+"""Stage distfit_figure: target vs generated share over titles sorted by target share (the paper's
+Figure 4, RQ1). Torch-free: runs in envs/report.yaml."""
 
-from flowrec import distfit
-from flowrec.logs import log_to
-
-
-def main(snakemake) -> None:
-    log_to(snakemake.log[0])
-    target = distfit.read_target(snakemake.input.target)
-    samples = {
-        m: distfit.read_samples(p)
-        for m, p in zip(snakemake.params.methods, snakemake.input.samples, strict=True)
-    }
-    title = (
-        f"Distribution fitting on {snakemake.wildcards.dataset}: {len(target)} titles, history-free prompt"
-    )
-    distfit.plot_fit(distfit.frequency_matrix(target, samples), snakemake.output[0], title)
+from flowrec.cli import File, Param, Stage
+from flowrec.distfit.files import read_samples, read_target
+from flowrec.distfit.methods import METHODS
+from flowrec.report import frequency_matrix, plot_distribution_fit
 
 
-if __name__ == "__main__":  # Snakemake runs a script: as __main__
-    main(snakemake)  # noqa: F821
+def draw_figure(target: str, samples: list[str], figure: str, methods: list[str], dataset: str) -> None:
+    """Plot the share of every target title in T and in each method's samples (`samples` in `methods` order)."""
+    counts = read_target(target)
+    sampled = {m: read_samples(p) for m, p in zip(methods, samples, strict=True)}
+    title = f"Distribution fitting on {dataset}: {len(counts)} titles, history-free prompt"
+    plot_distribution_fit(frequency_matrix(counts, sampled), figure, title)
+
+
+STAGE = Stage(
+    run=draw_figure,
+    doc=__doc__,
+    inputs={
+        "target": "distfit/target.json",
+        "samples": File(
+            "distfit/samples/{method}.parquet of every method, in `methods` order", multiple=True
+        ),
+    },
+    outputs={"figure": "distfit/figure.png"},
+    params={"methods": Param("the methods of `samples`, in order", default=list(METHODS))},
+    wildcards={"dataset": "dataset name (in the figure's title)"},
+)
+
+if __name__ == "__main__":
+    STAGE.main(globals().get("snakemake"))

@@ -1,25 +1,58 @@
-"""Rule distfit_table: title- and token-level KL(T||R), KL(R||T) and JS of every method (RQ1 table)."""
+"""Stage distfit_table: title- and token-level KL(T||R), KL(R||T) and JS of every method (the RQ1 table,
+docs/method.md section 6), with the tuning set itself as the sampling-noise floor."""
 
-from flowrec import distfit
-from flowrec.logs import log_to
+import logging
+
+from flowrec.cli import File, Param, Stage
+from flowrec.distfit.evaluate import divergence_table
+from flowrec.distfit.files import read_samples, read_target, read_title_probs
+from flowrec.distfit.methods import METHODS, TUNING_SET
 from flowrec.report import to_markdown, write_table
 from flowrec.trie import Trie
 
+log = logging.getLogger(__name__)
 
-def main(snakemake) -> None:
-    log = log_to(snakemake.log[0])
-    target = distfit.read_target(snakemake.input.target)
-    samples = {distfit.TUNING_SET: distfit.read_samples(snakemake.input.tuning_set)}
-    probs = {}
-    methods = snakemake.params.methods
-    for method, path, prob in zip(methods, snakemake.input.samples, snakemake.input.probs, strict=True):
-        samples[method] = distfit.read_samples(path)
-        probs[method] = distfit.read_title_probs(prob)
-    table = distfit.divergence_table(target, samples, Trie.load(snakemake.input.trie), probs)
-    title = f"Distribution fitting on {snakemake.wildcards.dataset}: {len(target)} target titles"
-    write_table(table, snakemake.output.csv, snakemake.output.md, title)
+
+def write_divergence_table(
+    target: str,
+    trie: str,
+    tuning_set: str,
+    samples: list[str],
+    probs: list[str],
+    csv: str,
+    md: str,
+    methods: list[str],
+    dataset: str,
+) -> None:
+    """The divergence of the tuning set and of each method's samples from T, as CSV and Markdown."""
+    counts = read_target(target)
+    sampled = {TUNING_SET: read_samples(tuning_set)}
+    exact = {}
+    for method, path, prob in zip(methods, samples, probs, strict=True):
+        sampled[method] = read_samples(path)
+        exact[method] = read_title_probs(prob)
+    table = divergence_table(counts, sampled, Trie.load(trie), exact)
+    title = f"Distribution fitting on {dataset}: {len(counts)} target titles"
+    write_table(table, csv, md, title)
     log.info("\n%s", to_markdown(table, title))
 
 
-if __name__ == "__main__":  # Snakemake runs a script: as __main__
-    main(snakemake)  # noqa: F821
+STAGE = Stage(
+    run=write_divergence_table,
+    doc=__doc__,
+    inputs={
+        "target": "distfit/target.json",
+        "trie": "distfit/trie.npz (token paths of the titles)",
+        "tuning_set": "distfit/tuning_set.parquet",
+        "samples": File(
+            "distfit/samples/{method}.parquet of every method, in `methods` order", multiple=True
+        ),
+        "probs": File("distfit/probs/{method}.parquet of every method, in `methods` order", multiple=True),
+    },
+    outputs={"csv": "distfit/table.csv", "md": "distfit/table.md"},
+    params={"methods": Param("the methods of `samples` and `probs`, in order", default=list(METHODS))},
+    wildcards={"dataset": "dataset name (in the table's title)"},
+)
+
+if __name__ == "__main__":
+    STAGE.main(globals().get("snakemake"))

@@ -1,55 +1,99 @@
-"""Rule distfit_tune: tune the base model on the target set with one method (sft, dpo, grpo, flower).
+"""Stage distfit_tune: tune the base model on the target set with one method (sft, dpo, grpo, flower),
+on the history-free prompt and the budget every method shares (RQ1, docs/method.md sections 4 and 6).
 
 Everything runs on the CPU (trl's runs with use_cpu=True; SFT and Flower beside them for a like-for-like
-comparison), with torch's thread count set to the rule's threads.
+comparison), with torch's thread count set to the stage's threads.
 """
+
+import logging
 
 import torch
 
-from flowrec import distfit
-from flowrec.logs import log_to
+from flowrec.cli import Param, Stage
+from flowrec.distfit import trl
+from flowrec.distfit.files import read_samples, read_target
+from flowrec.distfit.methods import TUNED
+from flowrec.distfit.target import DistfitSettings
+from flowrec.distfit.train import train_with_loop
 from flowrec.model import ModelSettings, describe, load_base_model, load_tokenizer, save_tuned
 from flowrec.prompts import history_free_prompt_ids
+from flowrec.settings import settings_from_block
 from flowrec.trie import Trie
 
+log = logging.getLogger(__name__)
 
-def main(snakemake) -> None:
-    log = log_to(snakemake.log[0])
-    torch.set_num_threads(snakemake.threads)
-    method = snakemake.wildcards.method
-    settings = distfit.DistfitSettings.from_params(snakemake.params.distfit)
-    model_settings = ModelSettings.from_config(dict(snakemake.params.model))
-    inp, out = snakemake.input, snakemake.output
-    target = distfit.read_target(inp.target)
-    trie = Trie.load(inp.trie)
+TRL_TRAINERS = {"dpo": trl.train_dpo, "grpo": trl.train_grpo}
+
+
+def tune(
+    target: str,
+    trie: str,
+    tuning_set: str,
+    model: str,
+    log_csv: str,
+    loss_png: str,
+    distfit: dict | None,
+    base_model: dict | None,
+    method: str,
+    threads: int = 1,
+) -> None:
+    """Tune the base model of `base_model` with `method` and save it to the folder `model`."""
+    torch.set_num_threads(threads)
+    if method not in TUNED:
+        raise ValueError(f"unknown distfit method {method!r}; expected one of {TUNED}")
+    settings = DistfitSettings.from_block(distfit)
+    model_settings = settings_from_block(ModelSettings, base_model, "model")
+    counts = read_target(target)
+    target_tree = Trie.load(trie)
     tokenizer = load_tokenizer(model_settings.name_or_path)
     prompt = history_free_prompt_ids(tokenizer)
-    model = load_base_model(model_settings.name_or_path, model_settings.lora_settings(), device="cpu")
-    log.info("distfit %s on %d target titles: %s, %s", method, len(target), describe(model), settings)
+    llm = load_base_model(model_settings.name_or_path, model_settings.lora_settings(), device="cpu")
+    log.info(
+        "distfit %s on %d target titles: %s; settings in effect: %s",
+        method,
+        len(counts),
+        describe(llm),
+        settings.in_effect(distfit),
+    )
     if method in ("sft", "flower"):
-        tuning = distfit.read_samples(inp.tuning_set)
-        distfit.train_with_loop(
+        tuning = read_samples(tuning_set)
+        train_with_loop(
             method,
-            model,
-            trie,
+            llm,
+            target_tree,
             prompt,
             tuning,
-            target,
+            counts,
             settings,
             tokenizer.pad_token_id,
-            out.log_csv,
-            out.loss_png,
+            log_csv,
+            loss_png,
         )
     else:
-        from flowrec import distfit_trl
-
-        train = {"dpo": distfit_trl.train_dpo, "grpo": distfit_trl.train_grpo}.get(method)
-        if train is None:
-            raise ValueError(f"unknown distfit method {method!r}; expected one of {distfit.TUNED}")
-        rows = train(model, tokenizer, trie, prompt, target, settings)
-        distfit_trl.write_training_log(rows, out.log_csv, out.loss_png, f"distfit {method}")
-    save_tuned(model, tokenizer, out.model, model_settings.name_or_path)
+        rows = TRL_TRAINERS[method](llm, tokenizer, target_tree, prompt, counts, settings)
+        trl.write_training_log(rows, log_csv, loss_png, f"distfit {method}")
+    save_tuned(llm, tokenizer, model, model_settings.name_or_path)
 
 
-if __name__ == "__main__":  # Snakemake runs a script: as __main__
-    main(snakemake)  # noqa: F821
+STAGE = Stage(
+    run=tune,
+    doc=__doc__,
+    inputs={
+        "target": "distfit/target.json",
+        "trie": "distfit/trie.npz",
+        "tuning_set": "distfit/tuning_set.parquet (the SFT and Flower samples)",
+    },
+    outputs={
+        "model": "distfit/{method}/model: the tuned model folder",
+        "log_csv": "distfit/{method}/log.csv: the training log",
+        "loss_png": "distfit/{method}/loss.png: the training curves",
+    },
+    params={
+        "distfit": Param("distfit settings: the shared budget and the method's own keys", block="distfit"),
+        "base_model": Param("model settings: base model name, LoRA", block="model"),
+    },
+    wildcards={"method": "sft, dpo, grpo or flower"},
+)
+
+if __name__ == "__main__":
+    STAGE.main(globals().get("snakemake"))

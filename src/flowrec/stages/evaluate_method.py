@@ -12,6 +12,7 @@ import pandas as pd
 from flowrec.cli import Param, Stage
 from flowrec.io import write_json
 from flowrec.metrics import MetricsSettings, eval_subset, evaluate_prediction_files
+from flowrec.settings import settings_from_block
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +20,7 @@ log = logging.getLogger(__name__)
 def evaluate(
     predictions: str,
     test: str,
-    items: str,
+    item_table: str,
     groups: str,
     groups_json: str,
     metrics_json: str,
@@ -29,7 +30,7 @@ def evaluate(
     method: str,
 ) -> dict:
     """Score `predictions` against the test split and write the metrics JSON; returns it."""
-    settings = MetricsSettings.from_dict(metrics)
+    settings = settings_from_block(MetricsSettings, metrics, "metrics")
     n_test = pd.read_parquet(test, columns=["target"]).shape[0]
     subset = eval_subset(n_test, decode["test_samples"], decode["seed"])
     present = pd.read_parquet(predictions, columns=["sample"])["sample"].to_numpy()
@@ -47,7 +48,7 @@ def evaluate(
     scores = evaluate_prediction_files(
         predictions=predictions,
         test=test,
-        items=items,
+        items=item_table,
         groups=groups,
         groups_json=groups_json,
         settings=settings,
@@ -66,7 +67,7 @@ STAGE = Stage(
     inputs={
         "predictions": "predictions/{method}.parquet (docs/formats.md)",
         "test": "data/test.parquet",
-        "items": "data/items.parquet",
+        "item_table": "data/items.parquet",
         "groups": "trie/groups.parquet",
         "groups_json": "trie/groups.json (group shares of the data)",
     },

@@ -1,27 +1,35 @@
-"""Rules make_tables and make_combined_table: the result tables as CSV and Markdown."""
+"""Stage make_tables: one dataset's result table (a row per method, the paper's columns first).
 
-import pandas as pd
+Written as CSV (full precision) and Markdown (rounded as in the paper's tables).
+"""
 
-from flowrec.logs import log_to
-from flowrec.report import combined_table, read_metrics, results_table, write_table
+import logging
+from pathlib import Path
+
+from flowrec.cli import File, Param, Stage
+from flowrec.report import read_metrics, results_table, write_table
+
+log = logging.getLogger(__name__)
 
 
-def main(snakemake) -> None:
-    log = log_to(snakemake.log[0])
-    if snakemake.rule == "make_combined_table":
-        tables = {
-            d: pd.read_csv(p, index_col="Method")
-            for d, p in zip(snakemake.params.datasets, snakemake.input.tables, strict=True)
-        }
-        table = combined_table(tables)
-        title = "Results over datasets"
-    else:
-        metrics = read_metrics(dict(zip(snakemake.params.methods, snakemake.input.metrics, strict=True)))
-        table = results_table(metrics)
-        title = f"Results on {snakemake.wildcards.dataset}"
-    write_table(table, snakemake.output.csv, snakemake.output.md, title=title)
+def make_tables(metrics: list[str], csv: str, md: str, methods: list[str] | None, dataset: str) -> None:
+    """Table of the metrics files, one per method (`methods` in the order of the files; None: the file
+    names, metrics/{method}.json)."""
+    methods = methods if methods is not None else [Path(p).stem for p in metrics]
+    table = results_table(read_metrics(dict(zip(methods, metrics, strict=True))))
+    title = f"Results on {dataset}"
+    write_table(table, csv, md, title=title)
     log.info("%s\n%s", title, table.to_string())
 
 
-if __name__ == "__main__":  # Snakemake runs a script: as __main__
-    main(snakemake)  # noqa: F821
+STAGE = Stage(
+    run=make_tables,
+    doc=__doc__,
+    inputs={"metrics": File("metrics/{method}.json of every method", multiple=True)},
+    outputs={"csv": "tables/results.csv", "md": "tables/results.md"},
+    params={"methods": Param("method of each metrics file, in order (default: the file names)")},
+    wildcards={"dataset": "dataset name (the table's title)"},
+)
+
+if __name__ == "__main__":
+    STAGE.main(globals().get("snakemake"))

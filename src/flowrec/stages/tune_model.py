@@ -1,41 +1,100 @@
-"""Stage entry of the rules tune_bigrec, tune_ifairlrs and tune_flower (rules/tune.smk).
+"""Stage tune: fine-tune the LLM recommender with one method (docs/method.md sections 4-5).
 
-Runs in this process, or under torchrun with one process per GPU when the rule's resources ask for
-more than one (`gpu`, or `nproc` to force a process count, e.g. --set-resources tune_flower:nproc=2).
+BIGRec (SFT), IFairLRS (SFT with popularity-group weights: give --groups and --groups-json) and Flower
+(SFT + lambda * SubTB; give --flower, --granularity and, for the div and add rewards, --p-ui-train)
+share one training loop (flowrec.tune.loop); the method picks the loss (flowrec.tune.objectives).
+Checkpoints go to --checkpoints, outside the outputs, so that a killed job resumes after its last epoch.
+With more than one process (`nproc`) the job runs under torchrun, one process per device.
 """
 
-import os
+import logging
+from pathlib import Path
 
-from flowrec.logs import log_to
+import torch
+
+from flowrec.cli import File, Param, Stage
 from flowrec.tune.run import TuneJob, launch
 
+log = logging.getLogger(__name__)
 
-def main(snakemake) -> None:
-    log = log_to(snakemake.log[0])
-    params, inp, out = snakemake.params, snakemake.input, snakemake.output
-    method = params.method
+
+def tune(
+    item_table: str,
+    train: str,
+    valid: str,
+    trie: str,
+    model_dir: str,
+    log_csv: str,
+    loss_png: str,
+    model: dict,
+    prompt: dict,
+    tune: dict,
+    granularity: int,
+    dataset: str,
+    method: str,
+    groups: str | None = None,
+    groups_json: str | None = None,
+    p_ui_train: str | None = None,
+    flower: dict | None = None,
+    checkpoints: str | None = None,
+    nproc: int = 1,
+    threads: int = 1,
+) -> None:
+    """Train `method` on `dataset` and save the tuned model to `model_dir`, with log.csv and loss.png.
+
+    `checkpoints` defaults to the folder `checkpoints` beside `model_dir`.
+    """
+    torch.set_num_threads(threads)
     job = TuneJob(
         method=method,
-        data_dir=os.path.dirname(inp.train),  # items, train and valid parquet sit together
-        trie=inp.trie,
-        model_dir=out.model,
-        log_csv=out.log_csv,
-        loss_png=out.loss_png,
-        checkpoints=params.checkpoints,
-        model=dict(params.model),
-        prompt=dict(params.prompt),
-        tune=dict(params.tune),
-        flower=dict(params.flower) if method == "flower" else None,
-        granularity=int(params.granularity) if method == "flower" else 1,
-        groups=inp.get("groups"),
-        groups_json=inp.get("groups_json"),
-        p_ui_train=inp.get("p_ui_train"),
+        items=item_table,
+        train=train,
+        valid=valid,
+        trie=trie,
+        model_dir=model_dir,
+        log_csv=log_csv,
+        loss_png=loss_png,
+        checkpoints=str(checkpoints or Path(model_dir).parent / "checkpoints"),
+        model=dict(model or {}),
+        prompt=dict(prompt or {}),
+        tune=dict(tune or {}),
+        flower=dict(flower) if flower is not None else None,
+        granularity=int(granularity),
+        groups=groups,
+        groups_json=groups_json,
+        p_ui_train=p_ui_train,
     )
-    resources = snakemake.resources
-    nproc = int(resources.get("nproc", 0) or 0) or int(resources.get("gpu", 0) or 0)
-    log.info("tune %s: %d process(es)", method, max(nproc, 1))
+    log.info("tune %s on %s: %d process(es)", method, dataset, max(nproc, 1))
     launch(job, max(nproc, 1))
 
 
-if __name__ == "__main__":  # Snakemake runs a script: as __main__
-    main(snakemake)  # noqa: F821
+STAGE = Stage(
+    run=tune,
+    doc=__doc__,
+    inputs={
+        "item_table": "data/items.parquet",
+        "train": "data/train.parquet",
+        "valid": "data/valid.parquet",
+        "trie": "trie/trie.npz",
+        "groups": File("trie/groups.parquet (IFairLRS)", optional=True),
+        "groups_json": File("trie/groups.json (IFairLRS)", optional=True),
+        "p_ui_train": File("sasrec/p_ui_train.npy (Flower's div and add rewards)", optional=True),
+    },
+    outputs={
+        "model_dir": "tune/{method}/model (folder of the tuned model)",
+        "log_csv": "tune/{method}/log.csv (per-step losses)",
+        "loss_png": "tune/{method}/loss.png (training curves)",
+    },
+    params={
+        "model": Param("base LLM settings", block="model"),
+        "prompt": Param("prompt settings", block="prompt"),
+        "tune": Param("training loop settings", block="tune"),
+        "flower": Param("Flower's settings (Flower only)", block="flower"),
+        "granularity": Param("Flower's SubTB state spacing in tokens", block="trie.granularity", default=1),
+        "checkpoints": Param("folder of last.pt and best.pt (resume); default: beside model_dir"),
+    },
+    wildcards={"dataset": "dataset name", "method": "bigrec | ifairlrs | flower"},
+)
+
+if __name__ == "__main__":
+    STAGE.main(globals().get("snakemake"))

@@ -1,8 +1,12 @@
-"""Fine-tuning of the LLM recommender: BIGRec, IFairLRS and Flower (one loop, method.md sections 4-5).
+"""Fine-tuning of the LLM recommender: BIGRec, IFairLRS and Flower (one loop, docs/method.md sections 4-5).
 
-losses.py   pure loss functions (SFT, IFairLRS weights, reward variants, SubTB with granularity)
-data.py     pre-tokenised tensors of a split (prompts, targets, weights, p_ui per title), built once
-forward.py  per-batch losses: SFT, and Flower with the prompt encoded once and shared
-loop.py     epochs, accumulation, early stopping, checkpoints/resume, CSV log, loss plot, data parallel
-run.py      one job end to end; `python -m flowrec.tune.run job.json` is the torchrun target
+losses.py        pure loss functions (SFT, IFairLRS weights, reward variants, SubTB with granularity)
+data.py          pre-tokenised tensors of a split (prompts, targets, weights, p_ui per title), built once
+forward.py       per-batch forward passes: SFT, and Flower with the prompt encoded once and shared
+objectives.py    a method's loss as one object (SFTLoss, FlowerLoss), looked up by method (make_loss)
+settings.py      the `tune:` config block (TuneSettings)
+loop.py          epochs, accumulation, optimizer step, validation, early stopping, data parallel
+checkpoint.py    last.pt / best.pt: fingerprint, RNG states, save, resume
+training_log.py  log.csv rows and loss.png
+run.py           one job end to end; `python -m flowrec.tune.run job.json` is the torchrun target
 """

@@ -2,7 +2,7 @@
 
 Per sample: prompt ids (flowrec.prompts), target ids (the target title's path in the trie, so training
 targets and trie paths are the same ids), a loss weight (1, or IFairLRS's group weight) and, for
-Flower, the normalised SASRec score of every title for that sample's history (p_ui, method.md sec. 4).
+Flower, the normalised SASRec score of every title for that sample's history (p_ui, docs/method.md section 4).
 """
 
 import hashlib
@@ -13,8 +13,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from flowrec.prompts import prompt_ids_batch
 from flowrec.lm import left_pad, right_pad
+from flowrec.prompts import prompt_ids_batch
+from flowrec.titles import title_scores
 from flowrec.trie import Trie
 from flowrec.tune.losses import ifairlrs_weights, normalise_p_ui
 
@@ -70,17 +71,6 @@ class TuneData:
         )
 
 
-def title_scores(p_rows: np.ndarray, item_title: np.ndarray, n_titles: int) -> np.ndarray:
-    """Per-title score from per-item scores: the max over the items sharing a title, (N, n_items) ->
-    (N, n_titles). A title with no item gets 0."""
-    order = np.argsort(item_title, kind="stable")
-    sorted_titles = item_title[order]
-    starts = np.flatnonzero(np.r_[True, sorted_titles[1:] != sorted_titles[:-1]])
-    out = np.zeros((p_rows.shape[0], n_titles), dtype=np.float32)
-    out[:, sorted_titles[starts]] = np.maximum.reduceat(p_rows[:, order], starts, axis=1)
-    return out
-
-
 def load_p_ui(
     path: str | Path, rows: np.ndarray, item_title: np.ndarray, n_titles: int, chunk: int = 4096
 ) -> torch.Tensor:
@@ -93,12 +83,12 @@ def load_p_ui(
     parts = []
     for start in range(0, len(rows), chunk):
         block = torch.from_numpy(np.asarray(p[rows[start : start + chunk]], dtype=np.float32))
-        parts.append(title_scores(normalise_p_ui(block).numpy(), item_title, n_titles))
+        parts.append(title_scores(normalise_p_ui(block), item_title, n_titles, reduce="max").numpy())
     return torch.from_numpy(np.concatenate(parts) if parts else np.zeros((0, n_titles), np.float32)).half()
 
 
 def group_weights(train: pd.DataFrame, trie: Trie, groups: pd.DataFrame, shares: list[float]) -> np.ndarray:
-    """IFairLRS weight of every train sample (method.md sec. 5) from groups.parquet and groups.json shares.
+    """IFairLRS weight of every train sample (docs/method.md section 5) from groups.parquet and groups.json shares.
 
     The target share of a group is counted over all train targets (the whole split, not the subset).
     """

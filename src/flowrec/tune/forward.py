@@ -1,6 +1,6 @@
-"""Per-batch losses of the three methods: SFT (BIGRec, IFairLRS) and Flower (SFT + SubTB).
+"""Per-batch forward passes: per-sample SFT loss (BIGRec, IFairLRS) and Flower's SFT and SubTB losses.
 
-Flower step (method.md sections 4 and 8), with the prompt encoded once:
+Flower step (docs/method.md sections 4 and 8), with the prompt encoded once:
 1. one forward of the left-padded prompts, with gradients -> KV cache + next-token logits;
 2. a title sampled on-policy (no gradients) from a detached copy of that cache, all samples in
    parallel, constrained to the trie and to edges with positive flow (so every sample has a finite
@@ -10,8 +10,6 @@ Flower step (method.md sections 4 and 8), with the prompt encoded once:
 An SFT step is one forward of [prompt ; target]; logits are only computed where a loss needs them.
 """
 
-from dataclasses import dataclass
-
 import torch
 
 from flowrec.lm import copy_cache, encode_prompts, pad_to, position_ids
@@ -19,16 +17,6 @@ from flowrec.sampling import sample_continuations
 from flowrec.trie import Trie
 from flowrec.tune.data import Batch
 from flowrec.tune.losses import process_log_rewards, sft_loss, subtb_loss, token_log_probs
-
-
-@dataclass
-class FlowerObjective:
-    """What a Flower step needs besides the batch (from the `flower:` and `trie:` config blocks)."""
-
-    trie: Trie
-    reward: str = "div"
-    sample_temperature: float = 1.0
-    granularity: int = 1
 
 
 def head_log_probs(model, hidden: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -55,19 +43,31 @@ def sft_losses(model, batch: Batch) -> torch.Tensor:
 
 
 def flower_losses(
-    model, batch: Batch, objective: FlowerObjective, pad_id: int, generator: torch.Generator | None = None
+    model,
+    batch: Batch,
+    trie: Trie,
+    pad_id: int,
+    generator: torch.Generator | None,
+    *,
+    reward: str,
+    sample_temperature: float,
+    granularity: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample (SFT loss (B,), SubTB loss (B,)) of one Flower step; see the module docstring."""
+    """Per-sample (SFT loss (B,), SubTB loss (B,)) of one Flower step; see the module docstring.
+
+    `reward` is the process-reward variant (plain, div, add), `sample_temperature` the on-policy
+    sampler's, `granularity` the SubTB state spacing in tokens (docs/method.md section 4).
+    """
     size, prompt_len = batch.prompt_ids.shape
     cache, first_logits = encode_prompts(model, batch.prompt_ids, batch.prompt_mask)  # (B, V) with grad
     sampled = sample_continuations(
         model,
-        objective.trie,
+        trie,
         copy_cache(cache, detach=True),
         batch.prompt_mask,
         first_logits.detach(),
         pad_id,
-        temperature=objective.sample_temperature,
+        temperature=sample_temperature,
         require_flow=True,
         generator=generator,
     )
@@ -97,6 +97,6 @@ def flower_losses(
     if batch.p_ui is not None:
         rows = torch.arange(size, device=batch.p_ui.device)
         p_ui = batch.p_ui[rows, sampled.title_ids.to(batch.p_ui.device)].float().to(logp.device)
-    log_reward = process_log_rewards(edge, p_ui, objective.reward)
-    subtb = subtb_loss(logp[size:], log_reward, sample_mask, objective.granularity)
+    log_reward = process_log_rewards(edge, p_ui, reward)
+    subtb = subtb_loss(logp[size:], log_reward, sample_mask, granularity)
     return sft, subtb

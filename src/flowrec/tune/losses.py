@@ -1,4 +1,4 @@
-"""Fine-tuning losses as pure tensor functions (method.md sections 4-5).
+"""Fine-tuning losses as pure tensor functions (docs/method.md sections 4-5).
 
 Shapes: B samples, T tokens of the title (termination included), V vocabulary, K states.
 Every loss returns one value per sample; the training loop sums them over a global batch and divides
@@ -36,7 +36,7 @@ def sft_loss(
 
 
 def ifairlrs_weights(target_groups: np.ndarray, history_shares: np.ndarray, n_groups: int) -> np.ndarray:
-    """IFairLRS sample weights (method.md section 5): for a sample whose target is in group g,
+    """IFairLRS sample weights (docs/method.md section 5): for a sample whose target is in group g,
     (share of g among training-history interactions) / (share of g among training targets).
 
     target_groups (n,): popularity group of each training target; history_shares (G,): groups.json shares.
@@ -57,7 +57,7 @@ def ifairlrs_weights(target_groups: np.ndarray, history_shares: np.ndarray, n_gr
 
 
 def normalise_p_ui(p: torch.Tensor) -> torch.Tensor:
-    """Per-row SASRec score normalisation of method.md section 4: (p - mean) / (max - min) + 1.
+    """Per-row SASRec score normalisation of docs/method.md section 4: (p - mean) / (max - min) + 1.
 
     p (N, n_items) -> (N, n_items), values in (0, 2); a constant row maps to 1.
     """
@@ -69,7 +69,7 @@ def normalise_p_ui(p: torch.Tensor) -> torch.Tensor:
 def process_log_rewards(
     edge_log_reward: torch.Tensor, p_ui: torch.Tensor | None, variant: str
 ) -> torch.Tensor:
-    """Per-token log process reward of method.md section 4, (B, T) -> (B, T).
+    """Per-token log process reward of docs/method.md section 4, (B, T) -> (B, T).
 
     edge_log_reward: log R_p(s_t, y_{t+1}) = log F(s_{t+1}) - log F(s_t) along the sampled title (0 on
     padding); p_ui (B,): the normalised SASRec score of the sampled item for that sample's history.
@@ -90,7 +90,7 @@ def process_log_rewards(
 def subtb_loss(
     log_pi: torch.Tensor, log_reward: torch.Tensor, mask: torch.Tensor, granularity: int = 1
 ) -> torch.Tensor:
-    """Subtrajectory balance of method.md section 4 (Flower, Gao et al. 2025, eq. of L_SubTB), (B,).
+    """Subtrajectory balance of docs/method.md section 4 (Flower, Gao et al. 2025, eq. of L_SubTB), (B,).
 
     log_pi (B, T): log pi(y_{t+1} | x, y_<=t) of the sampled title; log_reward (B, T): per-token log
     process reward (its sum over a segment is log F(s_n) - log F(s_m)); mask (B, T): 1 on the title's

@@ -12,28 +12,36 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
 from flowrec.distributed import job_main, launch_job, process_device, world
+from flowrec.io import read_items
 from flowrec.model import ModelSettings, load_base_model, load_tokenizer, save_tuned
+from flowrec.settings import block_defaults, settings_from_block
 from flowrec.subsets import seeded_subset
 from flowrec.trie import Trie
 from flowrec.tune.data import build_tune_data, group_weights
-from flowrec.tune.forward import FlowerObjective
-from flowrec.tune.loop import METHODS, FlowerSettings, TrainPaths, TuneSettings, train
+from flowrec.tune.loop import TrainPaths, train
+from flowrec.tune.objectives import make_loss
+from flowrec.tune.settings import TuneSettings
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class TuneJob:
-    """Everything one tuning rule needs: input and output paths and its config blocks."""
+    """Everything one tuning job needs: input and output paths and its config blocks.
 
-    method: str
-    data_dir: str  # results/{dataset}/data (items, train, valid parquet)
-    trie: str  # results/{dataset}/trie/trie.npz
+    A method's own inputs select its data: `groups` and `groups_json` weight the samples (IFairLRS),
+    `p_ui_train` holds the SASRec scores of Flower's div and add rewards.
+    """
+
+    method: str  # bigrec | ifairlrs | flower (flowrec.tune.objectives.LOSSES)
+    items: str  # data/items.parquet
+    train: str  # data/train.parquet
+    valid: str  # data/valid.parquet
+    trie: str  # trie/trie.npz
     model_dir: str  # output: flowrec.model.save_tuned folder
     log_csv: str
     loss_png: str
@@ -41,41 +49,44 @@ class TuneJob:
     model: dict
     prompt: dict
     tune: dict
-    flower: dict | None = None
-    granularity: int = 1
-    groups: str | None = None  # groups.parquet (IFairLRS)
-    groups_json: str | None = None  # groups.json (IFairLRS)
+    flower: dict | None = None  # the `flower:` block (Flower only)
+    granularity: int = 1  # trie.granularity (Flower's SubTB states)
+    groups: str | None = None  # trie/groups.parquet (IFairLRS)
+    groups_json: str | None = None  # trie/groups.json (IFairLRS)
     p_ui_train: str | None = None  # sasrec/p_ui_train.npy (Flower)
     device: str | None = None  # default: cuda:{LOCAL_RANK} when CUDA is available, else cpu
 
 
+def _sample_weights(job: TuneJob, train_split: pd.DataFrame, trie: Trie):
+    """IFairLRS's group weights of every train sample when the job has the groups, else None."""
+    if job.groups is None and job.groups_json is None:
+        return None
+    if job.groups is None or job.groups_json is None:
+        raise ValueError("tuning job: groups and groups_json come together (IFairLRS sample weights)")
+    shares = json.loads(Path(job.groups_json).read_text())["shares"]
+    return group_weights(train_split, trie, pd.read_parquet(job.groups), shares)
+
+
 def run_job(job: TuneJob) -> dict:
     """Train `job.method` and (rank 0) save the model; returns a summary for the log."""
-    if job.method not in METHODS:
-        raise ValueError(f"unknown tuning method {job.method!r}; expected one of {METHODS}")
+    trie = Trie.load(job.trie)
+    loss = make_loss(job.method, job.flower, trie, job.granularity)
     settings = TuneSettings.from_config(job.tune)
-    model_settings = ModelSettings.from_config(job.model)
-    flower = FlowerSettings.from_config(job.flower or {})
-    max_history = int(job.prompt.get("max_history", 10))
+    model_settings = settings_from_block(ModelSettings, job.model, "model")
+    max_history = int({**block_defaults("prompt"), **job.prompt}["max_history"])
+    if loss.uses_p_ui and job.p_ui_train is None:
+        raise ValueError(f"tuning job {job.method}: its reward needs p_ui_train (SASRec scores)")
     device = process_device(job.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    data = Path(job.data_dir)
-    items = pd.read_parquet(data / "items.parquet").sort_values("item_id")
-    if not np.array_equal(items["item_id"].to_numpy(), np.arange(len(items))):
-        raise ValueError(f"{data / 'items.parquet'}: item_id must be 0..N-1")
-    item_titles = items["title"].tolist()
-    train_split = pd.read_parquet(data / "train.parquet")
-    valid_split = pd.read_parquet(data / "valid.parquet")
-    trie = Trie.load(job.trie)
+    item_titles = read_items(job.items, columns=["item_id", "title"])["title"].tolist()
+    train_split = pd.read_parquet(job.train)
+    valid_split = pd.read_parquet(job.valid)
     tokenizer = load_tokenizer(model_settings.name_or_path)
-    weights = None
-    if job.method == "ifairlrs":
-        shares = json.loads(Path(job.groups_json).read_text())["shares"]
-        weights = group_weights(train_split, trie, pd.read_parquet(job.groups), shares)
+    weights = _sample_weights(job, train_split, trie)
     train_rows = seeded_subset(len(train_split), settings.train_samples, settings.seed)
     valid_rows = seeded_subset(len(valid_split), settings.valid_samples, settings.seed)
-    p_ui = job.p_ui_train if job.method == "flower" and flower.reward != "plain" else None
+    p_ui = job.p_ui_train if loss.uses_p_ui else None
     train_data = build_tune_data(
         train_split, train_rows, item_titles, tokenizer, trie, max_history, weights, p_ui
     )
@@ -89,12 +100,9 @@ def run_job(job: TuneJob) -> dict:
         world()[1],
     )
     model = load_base_model(model_settings.name_or_path, model_settings.lora_settings(), device=device)
-    objective = None
-    if job.method == "flower":
-        objective = FlowerObjective(trie, flower.reward, flower.sample_temperature, job.granularity)
     paths = TrainPaths(Path(job.checkpoints), Path(job.log_csv), Path(job.loss_png))
     result = train(
-        model, job.method, train_data, valid_data, settings, paths, tokenizer.pad_token_id, flower, objective
+        model, loss, train_data, valid_data, settings, paths, tokenizer.pad_token_id, name=job.method
     )
     if world()[0] == 0:
         save_tuned(model, tokenizer, job.model_dir, model_settings.name_or_path)

@@ -1,4 +1,4 @@
-"""D3's text-free assistant (Bao et al. 2024, "Decoding Matters"; method.md section 5).
+"""D3's text-free assistant (Bao et al. 2024, "Decoding Matters"; docs/method.md section 5).
 
 At each trie node s, the assistant scores a child token a by the share of SASRec's probability mass
 that lies below the child: p_assist(a | s) = mass(s + a) / mass(s), where mass(node) is the sum of
@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from flowrec import titles
 from flowrec.trie import Trie
 
 # SASRec's p_ui is stored as float16, whose smallest positive value is ~6e-8: unlikely items round to 0.
@@ -23,20 +24,12 @@ ASSIST_FLOOR = 1e-12
 def title_masses(item_scores: np.ndarray, item_title: np.ndarray, n_titles: int) -> np.ndarray:
     """Per-title probability mass (n, n_titles) float64: p_ui summed over the items sharing a title.
 
-    item_scores: (n, n_items) SASRec probabilities (rows of p_ui_{split}.npy, any float dtype);
-    item_title: (n_items,) title id of each item id (Trie.item_title); items with -1 have no title.
+    item_scores: (n, n_items) SASRec probabilities (rows of p_ui_{split}.npy, any float dtype), summed
+    in float64 (float16 sums would lose the small masses); item_title: (n_items,) title id of each item
+    id (Trie.item_title); items with -1 have no title.
     """
     scores = torch.as_tensor(np.asarray(item_scores, dtype=np.float64))  # (n, n_items)
-    item_title = torch.as_tensor(np.asarray(item_title, dtype=np.int64))  # (n_items,)
-    if scores.ndim != 2 or scores.shape[1] != item_title.shape[0]:
-        raise ValueError(
-            f"title_masses: item scores of shape {tuple(scores.shape)} do not match {item_title.shape[0]} items "
-            "of the trie (expected (n_samples, n_items))"
-        )
-    keep = item_title >= 0
-    masses = torch.zeros(scores.shape[0], n_titles, dtype=torch.float64)
-    masses.index_add_(1, item_title[keep], scores[:, keep])
-    return masses.numpy()
+    return titles.title_scores(scores, item_title, n_titles, reduce="sum").numpy()
 
 
 def assistant_log_probs(
@@ -59,6 +52,3 @@ def assistant_log_probs(
     grid[row, column] = child
     mass = trie.subtree_mass(title_scores, grid)  # (B, width + 1)
     return torch.log(mass[row, column]) - torch.log(mass[row, 0])
-
-
-__all__ = ["ASSIST_FLOOR", "assistant_log_probs", "title_masses"]

@@ -3,7 +3,7 @@ process or under torchrun with one process per device.
 
 Prompts are dealt out round-robin (rank r decodes subset positions r, r + N, ...); every prompt's beam
 search is independent of the others, so N processes give the predictions of one. Rank 0 gathers the
-ranked lists (all_gather_object) and writes the parquet file. `python -m flowrec.decode_run job.json`
+ranked lists (all_gather_object) and writes the parquet file. `python -m flowrec.decode.run job.json`
 is the torchrun target; `launch(job, nproc)` runs here when nproc is 1.
 """
 
@@ -18,16 +18,41 @@ import pandas as pd
 import torch
 import torch.distributed as dist
 
-from flowrec.d3 import title_masses
-from flowrec.decode import DecodeSettings, Ranked, constrained_beam_search, predictions_table
+from flowrec.decode.beams import Ranked
+from flowrec.decode.d3 import title_masses
+from flowrec.decode.predictions import predictions_table
+from flowrec.decode.search import constrained_beam_search
 from flowrec.distributed import job_main, launch_job, process_device, world
-from flowrec.io import write_parquet
+from flowrec.io import read_items, write_parquet
 from flowrec.model import load_tuned
 from flowrec.prompts import prompt_ids_batch
+from flowrec.settings import settings_from_block
 from flowrec.subsets import seeded_subset
 from flowrec.trie import Trie
 
 log = logging.getLogger(__name__)
+
+MODULE = "flowrec.decode.run"
+
+
+@dataclass
+class DecodeSettings:
+    """How one method decodes: the `decode:` config block resolved per method by the decode rule.
+
+    test_samples, seed, num_beams, num_return, batch_size are the block's keys of those names;
+    temperature (Temp: decode.temp_temperature, else 1), length_normalise (false for D3) and
+    assistant_weight (D3's g: decode.d3_weight for d3, 1 for d3_noassist; null: no assistant).
+    The rule resolves every key, so there are no defaults here.
+    """
+
+    test_samples: int | None
+    seed: int
+    num_beams: int
+    num_return: int
+    batch_size: int
+    temperature: float
+    length_normalise: bool
+    assistant_weight: float | None
 
 
 @dataclass
@@ -36,29 +61,27 @@ class DecodeJob:
 
     model_dir: str  # flowrec.model.save_tuned folder
     trie: str  # trie.npz
-    item_titles: str  # items.parquet
+    items: str  # items.parquet
     test: str  # test.parquet
     output: str  # predictions parquet
-    decode: dict  # flowrec.decode.DecodeSettings fields
-    max_history: int = 10
-    p_ui: str | None = None  # sasrec/p_ui_test.npy (D3's assistant)
+    decode: dict  # DecodeSettings fields
+    max_history: int  # prompt.max_history
+    p_ui: str | None = None  # sasrec/p_ui_test.npy (D3's assistant only)
     device: str | None = None  # default: cuda:{LOCAL_RANK} when CUDA is available, else cpu
 
 
 def run_decode(job: DecodeJob) -> dict:
     """Decode this process's share of the test subset; rank 0 writes all predictions. Returns a summary."""
-    settings = DecodeSettings.from_params(dict(job.decode))
+    settings = settings_from_block(DecodeSettings, job.decode)
     rank, size = world()
     device = process_device(job.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    items = pd.read_parquet(job.item_titles, columns=["item_id", "title"]).sort_values("item_id")
-    if not np.array_equal(items["item_id"].to_numpy(), np.arange(len(items))):
-        raise ValueError(f"{job.item_titles}: item_id must be 0..{len(items) - 1} (docs/formats.md)")
+    items = read_items(job.items, columns=["item_id", "title"])
     item_titles = items["title"].tolist()
     trie = Trie.load(job.trie)
     if trie.n_items != len(items):
-        raise ValueError(f"{job.trie}: built for {trie.n_items} items, {job.item_titles} has {len(items)}")
+        raise ValueError(f"{job.trie}: built for {trie.n_items} items, {job.items} has {len(items)}")
     test = pd.read_parquet(job.test, columns=["history"])
     samples = seeded_subset(len(test), settings.test_samples, settings.seed)
     mine = np.arange(rank, len(samples), size)
@@ -68,12 +91,7 @@ def run_decode(job: DecodeJob) -> dict:
     prompts = prompt_ids_batch(tokenizer, [[item_titles[i] for i in h] for h in histories], job.max_history)
     assistant = None
     if settings.assistant_weight is not None:
-        p_ui = np.load(job.p_ui, mmap_mode="r")
-        if p_ui.shape != (len(test), len(items)):
-            raise ValueError(
-                f"{job.p_ui}: shape {p_ui.shape}, expected (test samples, items) = {(len(test), len(items))}"
-            )
-        assistant = title_masses(p_ui[samples[mine]], trie.item_title, trie.n_titles)
+        assistant = assistant_masses(job.p_ui, samples[mine], (len(test), len(items)), trie)
 
     start = time.perf_counter()
     ranked = constrained_beam_search(
@@ -92,21 +110,16 @@ def run_decode(job: DecodeJob) -> dict:
     )
     elapsed = time.perf_counter() - start
     if size > 1:
-        shares: list[list[Ranked]] = [[] for _ in range(size)]
-        dist.all_gather_object(shares, ranked)
-        ranked = [None] * len(samples)
-        for r, share in enumerate(shares):
-            for pos, row in zip(range(r, len(samples), size), share, strict=True):
-                ranked[pos] = row
-    short = sum(len(r) < settings.num_return for r in ranked)
-    if short and rank == 0:
-        log.warning(
-            "%d prompts got fewer than %d titles (the trie holds %d)",
-            short,
-            settings.num_return,
-            trie.n_titles,
-        )
+        ranked = gather_round_robin(ranked, len(samples), size)
     if rank == 0:
+        short = sum(len(r) < settings.num_return for r in ranked)
+        if short:
+            log.warning(
+                "%d prompts got fewer than %d titles (the trie holds %d)",
+                short,
+                settings.num_return,
+                trie.n_titles,
+            )
         write_parquet(predictions_table(samples, ranked, trie), job.output)
     return {
         "prompts": len(samples),
@@ -117,7 +130,32 @@ def run_decode(job: DecodeJob) -> dict:
     }
 
 
-def _log_summary(summary: dict) -> None:
+def assistant_masses(
+    p_ui_path: str | None, rows: np.ndarray, shape: tuple[int, int], trie: Trie
+) -> np.ndarray:
+    """D3's per-title SASRec mass (len(rows), n_titles) of the given test rows of p_ui_test.npy."""
+    if p_ui_path is None:
+        raise ValueError(
+            "decode: assistant_weight is set but no p_ui file was given (D3 needs SASRec's scores)"
+        )
+    p_ui = np.load(p_ui_path, mmap_mode="r")
+    if p_ui.shape != shape:
+        raise ValueError(f"{p_ui_path}: shape {p_ui.shape}, expected (test samples, items) = {shape}")
+    return title_masses(p_ui[rows], trie.item_title, trie.n_titles)
+
+
+def gather_round_robin(mine: list[Ranked], n_samples: int, size: int) -> list[Ranked]:
+    """Every rank's ranked lists back in subset order (rank r decoded positions r, r + size, ...)."""
+    shares: list[list[Ranked]] = [[] for _ in range(size)]
+    dist.all_gather_object(shares, mine)
+    ranked: list[Ranked] = [[] for _ in range(n_samples)]
+    for r, share in enumerate(shares):
+        for pos, row in zip(range(r, n_samples, size), share, strict=True):
+            ranked[pos] = row
+    return ranked
+
+
+def log_summary(summary: dict) -> None:
     log.info(
         "decoded %d test prompts in %.1f s: %.3f s per prompt (%d process(es), device %s)",
         summary["prompts"],
@@ -131,8 +169,8 @@ def _log_summary(summary: dict) -> None:
 def launch(job: DecodeJob, nproc: int = 1) -> None:
     """Run `job` here (nproc 1) or as `nproc` torchrun processes on this machine."""
     spec = Path(job.output).with_name(f".{Path(job.output).stem}.decode_job.json")
-    launch_job(job, run_decode, _log_summary, "flowrec.decode_run", spec, nproc)
+    launch_job(job, run_decode, log_summary, MODULE, spec, nproc)
 
 
 if __name__ == "__main__":  # the torchrun target
-    job_main(sys.argv[1:], "flowrec.decode_run", DecodeJob, run_decode, _log_summary)
+    job_main(sys.argv[1:], MODULE, DecodeJob, run_decode, log_summary)

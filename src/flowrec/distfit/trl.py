@@ -8,8 +8,8 @@ or completions (GRPO), `batch_size` per step, the same learning rate and linear 
 
 Token ids are the pipeline's own (flowrec.prompts): DPO receives pre-tokenised prompt / chosen /
 rejected ids (trl would otherwise re-tokenise prompt + title as text, which may merge tokens across the
-boundary, method.md section 8), and GRPO's sampler is constrained to the trie by a logits processor, so
-every completion is a target title and its reward is defined.
+boundary, docs/method.md section 8), and GRPO's sampler is constrained to the trie by a logits
+processor, so every completion is a target title and its reward is defined.
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ import numpy as np
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from flowrec.distfit import DistfitSettings
+from flowrec.distfit.target import DistfitSettings
 from flowrec.trie import Trie
+from flowrec.tune.training_log import log_columns, plot_log, write_log
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ def dpo_pairs(target: Mapping[str, float], n: int, seed: int) -> tuple[list[str]
 
 
 def _training_rows(log_history: list[dict], steps_per_epoch: int) -> list[dict]:
-    """trl's log history as the rows of flowrec.tune.loop's log.csv (loss and lr per optimizer step)."""
+    """trl's log history as the rows of the training loop's log.csv (loss and lr per optimizer step)."""
     rows = []
     for entry in log_history:
         if "loss" not in entry or "step" not in entry:
@@ -241,8 +242,8 @@ def train_grpo(
 
 
 def write_training_log(rows: list[dict], log_csv: str | Path, loss_png: str | Path, title: str) -> None:
-    """log.csv and loss.png in the format of flowrec.tune.loop (SFT/SubTB columns empty for trl)."""
-    from flowrec.tune.loop import plot_losses, write_log
-
-    write_log(rows, Path(log_csv))
-    plot_losses(rows, Path(loss_png), title)
+    """log.csv and loss.png as the pipeline's training loop writes them (flowrec.tune.training_log: the
+    curves of flowrec.report.plot_training_curves); the SFT and SubTB columns stay empty for trl."""
+    columns = log_columns(("sft", "subtb"))
+    write_log(rows, log_csv, columns)
+    plot_log(rows, loss_png, columns, title)

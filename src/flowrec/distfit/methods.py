@@ -1,0 +1,18 @@
+"""The rows of the distribution-fitting experiment (RQ1): the methods and their labels in tables and figures.
+
+Torch-free, so that the figure stage can name its panels in envs/report.yaml.
+"""
+
+TUNED = ("sft", "dpo", "grpo", "flower")
+METHODS = ("base", *TUNED)
+# The tuning set itself is an i.i.d. draw of the same size from T: its divergence from T is the floor
+# that sampling noise alone sets for any model (a perfect model's samples are such a draw too).
+TUNING_SET = "tuning_set"
+LABELS = {
+    "base": "Base",
+    "sft": "SFT (BIGRec)",
+    "dpo": "DPO",
+    "grpo": "GRPO",
+    "flower": "Flower",
+    TUNING_SET: "Tuning set (draw from T)",
+}

@@ -1,0 +1,125 @@
+"""A tuning method's loss as one object, looked up by method name (docs/method.md sections 4-5).
+
+The training loop (flowrec.tune.loop) calls a loss once per micro batch,
+
+    total, parts = loss(model, batch, pad_id, generator)   # total (B,), parts {name: (B,)}
+
+and knows nothing else of the method: it logs each of `loss.parts` as the log column `<part>_loss`
+and stores `loss.fingerprint()` in the checkpoint, so that a run resumes only with the same loss.
+IFairLRS is SFT on group-weighted samples: its weights are in the batch, so it shares SFTLoss.
+"""
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from flowrec.settings import settings_from_block
+from flowrec.trie import Trie
+from flowrec.tune.data import Batch
+from flowrec.tune.forward import flower_losses, sft_losses
+
+
+class TuneLoss(Protocol):
+    """What the training loop needs of a loss."""
+
+    parts: tuple[str, ...]  # names of the per-sample terms it reports (logged as `<part>_loss`)
+
+    def __call__(
+        self, model, batch: Batch, pad_id: int, generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
+
+    def fingerprint(self) -> dict[str, Any]: ...
+
+
+class SFTLoss:
+    """BIGRec's and IFairLRS's loss: per-sample (weighted) cross-entropy on the target title."""
+
+    # SFT has no SubTB term; it reports a zero one so that the three methods' log.csv have the same
+    # columns, with subtb_loss 0 for the SFT methods.
+    parts = ("sft", "subtb")
+    uses_p_ui = False  # no SASRec scores in its batches
+
+    @classmethod
+    def from_config(cls, block: Mapping | None = None, trie: Trie | None = None, granularity: int = 1):
+        """SFT has no settings: the arguments of make_loss are accepted and unused."""
+        return cls()
+
+    def __call__(
+        self, model, batch: Batch, pad_id: int, generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        sft = sft_losses(model, batch)
+        return sft, {"sft": sft, "subtb": torch.zeros_like(sft)}
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"loss": "sft"}
+
+
+@dataclass
+class FlowerLoss:
+    """Flower's loss L = L_SFT + lambda * L_SubTB (docs/method.md section 4), per sample.
+
+    `lambda_` is the config key `lambda`; the block's other keys select the process reward (plain,
+    div, add) and the on-policy sampling temperature; `granularity` (trie.granularity) spaces the
+    SubTB states.
+    """
+
+    trie: Trie
+    lambda_: float
+    reward: str
+    sample_temperature: float
+    granularity: int
+
+    parts = ("sft", "subtb")
+
+    @property
+    def uses_p_ui(self) -> bool:
+        """Whether the batches need SASRec's p_ui (the div and add rewards do; plain does not)."""
+        return self.reward != "plain"
+
+    @classmethod
+    def from_config(cls, block: Mapping | None, trie: Trie, granularity: int) -> "FlowerLoss":
+        """From the `flower:` config block (schema defaults for the keys it leaves out)."""
+        block = dict(block or {})
+        clash = sorted({"trie", "granularity"} & set(block))
+        if clash:
+            raise ValueError(f"config block `flower`: unknown key(s) {clash}")
+        return settings_from_block(cls, {**block, "trie": trie, "granularity": granularity}, "flower")
+
+    def __call__(
+        self, model, batch: Batch, pad_id: int, generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        sft, subtb = flower_losses(
+            model,
+            batch,
+            self.trie,
+            pad_id,
+            generator,
+            reward=self.reward,
+            sample_temperature=self.sample_temperature,
+            granularity=self.granularity,
+        )
+        total = sft + self.lambda_ * subtb  # (B,)
+        return total, {"sft": sft, "subtb": subtb}
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {
+            "loss": "flower",
+            "lambda": self.lambda_,
+            "reward": self.reward,
+            "sample_temperature": self.sample_temperature,
+            "granularity": self.granularity,
+        }
+
+
+LOSSES: dict[str, type] = {"bigrec": SFTLoss, "ifairlrs": SFTLoss, "flower": FlowerLoss}
+
+
+def make_loss(
+    method: str, block: Mapping | None = None, trie: Trie | None = None, granularity: int = 1
+) -> TuneLoss:
+    """The loss of tuning method `method`, built from its config block (`flower:` for Flower)."""
+    if method not in LOSSES:
+        raise ValueError(f"unknown tuning method {method!r}; expected one of {list(LOSSES)}")
+    return LOSSES[method].from_config(block, trie, granularity)

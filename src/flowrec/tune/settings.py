@@ -1,0 +1,26 @@
+"""The `tune:` config block: the training loop's settings, shared by BIGRec, IFairLRS and Flower."""
+
+from dataclasses import dataclass
+
+from flowrec.settings import settings_from_block
+
+
+@dataclass
+class TuneSettings:
+    """The `tune:` block (config/schema.yaml holds every default and each key's meaning)."""
+
+    train_samples: int | None  # train samples used (a seeded random subset); None: all
+    valid_samples: int | None  # valid samples for the validation loss; None: all
+    epochs: int  # maximum epochs
+    batch_size: int  # effective batch (gradient accumulation over micro batches)
+    micro_batch_size: int  # samples per forward pass
+    learning_rate: float  # AdamW learning rate
+    weight_decay: float  # AdamW weight decay
+    warmup_ratio: float  # share of steps with linear warm-up
+    patience: int  # early stopping patience in epochs (validation loss)
+    seed: int  # training seed
+
+    @classmethod
+    def from_config(cls, block: dict | None) -> "TuneSettings":
+        """From the `tune:` block; keys it leaves out take their schema defaults."""
+        return settings_from_block(cls, block, "tune")
