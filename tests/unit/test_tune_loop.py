@@ -112,7 +112,9 @@ def test_one_step_changes_parameters_and_logs(method, dataset, tokenizer, tmp_pa
     )
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     log = pd.read_csv(tmp_path / "log.csv")
-    assert list(log.columns) == ["step", "epoch", "loss", "sft_loss", "subtb_loss", "lr", "split"]
+    assert list(log.columns) == [
+        "step", "epoch", "loss", "sft_loss", "subtb_loss", "lr", "grad_norm", "split"
+    ]  # fmt: skip
     assert list(log["split"]) == ["train", "valid"] and result.best_epoch == 0
     row = log.iloc[0]
     assert row["loss"] == pytest.approx(
@@ -161,7 +163,7 @@ def test_the_loop_trains_with_any_loss_object(dataset, tokenizer, tmp_path):
     )
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     log = pd.read_csv(tmp_path / "log.csv")
-    assert list(log.columns) == ["step", "epoch", "loss", "half_sft_loss", "lr", "split"]
+    assert list(log.columns) == ["step", "epoch", "loss", "half_sft_loss", "lr", "grad_norm", "split"]
     train_rows = log[log["split"] == "train"]
     assert len(train_rows) == 2 and (train_rows["loss"] == train_rows["half_sft_loss"]).all()
     assert (tmp_path / "loss.png").stat().st_size > 0
@@ -185,8 +187,8 @@ def test_resume_after_interruption_gives_the_same_weights(dataset, tokenizer, tm
 
     straight, _ = run(tmp_path / "a")
 
-    def interrupt(epoch):
-        if epoch == 0:
+    def interrupt(progress):
+        if progress.epoch == 0:
             raise Interrupted
 
     with pytest.raises(Interrupted):

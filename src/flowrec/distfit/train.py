@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from flowrec.distfit.target import DistfitSettings, draw_titles
+from flowrec.settings import block_defaults
 from flowrec.trie import Trie
 from flowrec.tune.data import TuneData
 from flowrec.tune.loop import TrainPaths, train
@@ -52,6 +53,10 @@ def loop_settings(settings: DistfitSettings) -> TuneSettings:
         warmup_ratio=0.0,
         patience=settings.epochs,  # never stop early: every method gets the same budget
         seed=settings.seed,
+        max_grad_norm=None,  # as before the setting existed (trl's baselines keep Trainer's 1.0)
+        precision="auto",  # bf16 autocast on CUDA over fp32 weights, fp32 on CPU: as trl's runs
+        checkpoint_steps=None,  # a run of minutes, checkpointed to a temporary folder: epochs only
+        log_steps=block_defaults("tune")["log_steps"],
     )
 
 

@@ -1,7 +1,9 @@
-"""Checkpoints of the training loop: last.pt after every epoch (resume) and best.pt (best epoch).
+"""Checkpoints of the training loop: last.pt (resume) and best.pt (best epoch).
 
-last.pt holds the weights, optimizer, scheduler, every rank's RNG states, the loop's progress, the
-settings and a fingerprint of what was trained (loss, settings, data, world size): a run resumes only
+last.pt is written every `tune.checkpoint_steps` optimizer steps and after every epoch. It holds the
+weights, optimizer, scheduler, every rank's RNG states, the loop's progress (with the data position: the
+epoch and the optimizer steps taken in it; an epoch's order is a function of (seed, epoch), so a resumed
+run continues with the next batch of the same permutation), the settings and a fingerprint of what was trained (loss, settings, data, world size): a run resumes only
 from a checkpoint with the same fingerprint, else it starts afresh. Everything is stored as tensors
 and plain Python values, so it loads with torch.load(weights_only=True) (no pickled objects).
 """
@@ -29,10 +31,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Progress:
-    """Where training stands after an epoch: everything besides weights and optimizer a resume needs."""
+    """Where training stands: everything besides weights, optimizer and RNGs a resume needs."""
 
     step: int = 0  # optimizer steps taken
     epoch: int = -1  # last finished epoch
+    epoch_step: int = 0  # optimizer steps taken in epoch `epoch + 1` (the data position)
     bad_epochs: int = 0  # epochs since the validation loss last improved
     stopped: bool = False  # early stopping triggered
     rows: list[dict] = field(default_factory=list)  # log.csv rows so far
@@ -48,12 +51,14 @@ def fingerprint(
     train_data: TuneData,
     valid_data: TuneData,
 ) -> str:
-    """What a checkpoint must match to be resumed from (the data by content hash)."""
+    """What a checkpoint must match to be resumed from (the data by content hash). How often the loop
+    logs and checkpoints does not change the weights, so it may differ."""
+    tune = {k: v for k, v in asdict(settings).items() if k not in ("log_steps", "checkpoint_steps")}
     return json.dumps(
         {
             "name": name,
             "loss": loss_settings,
-            "tune": asdict(settings),
+            "tune": tune,
             "world_size": world_size,
             "n_train": len(train_data),
             "data": train_data.digest(),
@@ -118,7 +123,13 @@ class Checkpoints:
         scheduler.load_state_dict(ckpt["scheduler"])
         set_rng_state(ckpt["rng"][world()[0]], generator)
         progress = Progress(**ckpt["progress"])
-        log.info("resumed from %s after epoch %d (step %d)", self.last, progress.epoch, progress.step)
+        log.info(
+            "resumed from %s: epoch %d, %d steps into it (step %d)",
+            self.last,
+            progress.epoch + 1,
+            progress.epoch_step,
+            progress.step,
+        )
         return progress
 
     def save(

@@ -99,7 +99,11 @@ def run_job(job: TuneJob) -> dict:
         device,
         world()[1],
     )
-    model = load_base_model(model_settings.name_or_path, model_settings.lora_settings(), device=device)
+    # fp32 weights on every device: they are the master weights, the forward runs under the bf16
+    # autocast of tune.precision (flowrec.tune.accel)
+    model = load_base_model(
+        model_settings.name_or_path, model_settings.lora_settings(), device=device, dtype=torch.float32
+    )
     paths = TrainPaths(Path(job.checkpoints), Path(job.log_csv), Path(job.loss_png))
     result = train(
         model, loss, train_data, valid_data, settings, paths, tokenizer.pad_token_id, name=job.method

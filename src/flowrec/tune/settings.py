@@ -19,6 +19,10 @@ class TuneSettings:
     warmup_ratio: float  # share of steps with linear warm-up
     patience: int  # early stopping patience in epochs (validation loss)
     seed: int  # training seed
+    max_grad_norm: float | None  # clip the global gradient norm to this; None: no clipping
+    precision: str  # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32; weights stay fp32
+    checkpoint_steps: int | None  # resume checkpoint every N optimizer steps (and after each epoch)
+    log_steps: int  # a progress line in the log every N optimizer steps
 
     @classmethod
     def from_config(cls, block: dict | None) -> "TuneSettings":
