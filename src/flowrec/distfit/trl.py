@@ -2,8 +2,9 @@
 
 trl 1.16 no longer ships PPO (neither in `trl` nor in `trl.experimental`), so the RL row is GRPO
 (Shao et al. 2024), trl's PPO-style policy-gradient trainer: clipped ratio objective, group-relative
-advantages instead of a value model. Both run on the CPU (use_cpu=True), report nowhere
-(report_to="none"), are seeded, and get the budget of the other methods: `train_samples` pairs (DPO)
+advantages instead of a value model. Both run on the model's device (the process's: a GPU where the
+rule has one, with bf16 autocast over fp32 weights as the pipeline's loop; else the CPU in fp32), log
+their metrics into log.csv and the rule log (flowrec.distfit.trl_log), are seeded, and get the budget of the other methods: `train_samples` pairs (DPO)
 or completions (GRPO), `batch_size` per step, the same learning rate and linear decay, same epochs.
 
 Token ids are the pipeline's own (flowrec.prompts): DPO receives pre-tokenised prompt / chosen /
@@ -28,6 +29,8 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from flowrec.distfit.target import DistfitSettings
+from flowrec.distfit.trl_log import PARTS, MetricsLog
+from flowrec.settings import block_defaults
 from flowrec.trie import Trie
 from flowrec.tune.training_log import log_columns, plot_log, write_log
 
@@ -53,27 +56,6 @@ def dpo_pairs(target: Mapping[str, float], n: int, seed: int) -> tuple[list[str]
     return [titles[i] for i in chosen], [titles[i] for i in rejected]
 
 
-def _training_rows(log_history: list[dict], steps_per_epoch: int) -> list[dict]:
-    """trl's log history as the rows of the training loop's log.csv (loss and lr per optimizer step)."""
-    rows = []
-    for entry in log_history:
-        if "loss" not in entry or "step" not in entry:
-            continue
-        step = int(entry["step"])
-        rows.append(
-            dict(
-                step=step,
-                epoch=(step - 1) // max(steps_per_epoch, 1),
-                loss=float(entry["loss"]),
-                sft_loss=math.nan,
-                subtb_loss=math.nan,
-                lr=float(entry.get("learning_rate", math.nan)),
-                split="train",
-            )
-        )
-    return rows
-
-
 def _dequantised_for_trainer(model) -> None:
     """A GGUF model is dequantised on load (flowrec.model drops its quantizer) but keeps the instance
     flag `is_quantized`, which makes transformers' Trainer refuse full fine-tuning; its weights are plain
@@ -82,7 +64,8 @@ def _dequantised_for_trainer(model) -> None:
         model.is_quantized = False
 
 
-def _common_args(settings: DistfitSettings, out_dir: str) -> dict:
+def _common_args(settings: DistfitSettings, out_dir: str, device: torch.device) -> dict:
+    cuda = device.type == "cuda"
     return dict(
         output_dir=out_dir,
         per_device_train_batch_size=settings.micro_batch_size,
@@ -92,10 +75,11 @@ def _common_args(settings: DistfitSettings, out_dir: str) -> dict:
         lr_scheduler_type="linear",
         warmup_steps=0,
         weight_decay=0.0,
-        use_cpu=True,
-        # trl's defaults differ from TrainingArguments: bf16 autocast and gradient checkpointing on. Both
-        # off, so that the trl runs train in fp32 like SFT and Flower, and do not recompute activations.
-        bf16=False,
+        use_cpu=not cuda,
+        # trl's defaults differ from TrainingArguments: bf16 autocast and gradient checkpointing on. bf16
+        # autocast (over the fp32 weights) on CUDA only, as the pipeline's loop does with
+        # tune.precision auto, fp32 on the CPU; activations are not recomputed.
+        bf16=cuda,
         fp16=False,
         gradient_checkpointing=False,
         report_to="none",
@@ -105,6 +89,13 @@ def _common_args(settings: DistfitSettings, out_dir: str) -> dict:
         data_seed=settings.seed,
         dataloader_num_workers=0,
         disable_tqdm=False,
+    )
+
+
+def _metrics_log(settings: DistfitSettings, n_samples: int) -> MetricsLog:
+    steps = math.ceil(n_samples / settings.batch_size)
+    return MetricsLog(
+        steps, steps * settings.epochs, settings.batch_size, block_defaults("tune")["log_steps"]
     )
 
 
@@ -140,13 +131,19 @@ def train_dpo(
     _dequantised_for_trainer(model)
     ref = None if hasattr(model, "peft_config") else copy.deepcopy(model).eval()
     with tempfile.TemporaryDirectory(prefix="flowrec-dpo-") as tmp:
-        args = DPOConfig(**_common_args(settings, tmp), beta=settings.dpo_beta, max_length=None)
+        device = next(model.parameters()).device
+        args = DPOConfig(**_common_args(settings, tmp, device), beta=settings.dpo_beta, max_length=None)
+        metrics = _metrics_log(settings, len(chosen))
         trainer = IdsDPOTrainer(
-            model=model, ref_model=ref, args=args, train_dataset=data, processing_class=tokenizer
+            model=model,
+            ref_model=ref,
+            args=args,
+            train_dataset=data,
+            processing_class=tokenizer,
+            callbacks=[metrics],
         )
         trainer.train()
-    steps = math.ceil(len(chosen) / settings.batch_size)
-    return _training_rows(trainer.state.log_history, steps)
+    return metrics.rows
 
 
 class TrieLogitsProcessor(LogitsProcessor):
@@ -226,24 +223,32 @@ def train_grpo(
     processor = TrieLogitsProcessor(trie, len(prompt), tokenizer.eos_token_id)
     with tempfile.TemporaryDirectory(prefix="flowrec-grpo-") as tmp:
         args = GRPOConfig(
-            **_common_args(settings, tmp),
+            **_common_args(settings, tmp, next(model.parameters()).device),
             num_generations=settings.rl_generations,
             max_completion_length=int(trie.depth.max()),
             temperature=1.0,
             shuffle_dataset=True,
         )
+        metrics = _metrics_log(settings, n_prompts * settings.rl_generations)
         trainer = GRPOTrainer(
-            model=model, reward_funcs=title_share, args=args, train_dataset=data, processing_class=tokenizer
+            model=model,
+            reward_funcs=title_share,
+            args=args,
+            train_dataset=data,
+            processing_class=tokenizer,
+            callbacks=[metrics],
         )
         with constrained_generate(trainer.accelerator.unwrap_model(trainer.model), processor):
             trainer.train()
-    steps = math.ceil(n_prompts * settings.rl_generations / settings.batch_size)
-    return _training_rows(trainer.state.log_history, steps)
+    return metrics.rows
 
 
 def write_training_log(rows: list[dict], log_csv: str | Path, loss_png: str | Path, title: str) -> None:
     """log.csv and loss.png as the pipeline's training loop writes them (flowrec.tune.training_log: the
-    curves of flowrec.report.plot_training_curves); the SFT and SubTB columns stay empty for trl."""
-    columns = log_columns(("sft", "subtb"))
+    curves of flowrec.report.plot_training_curves); the SFT and SubTB columns stay empty for trl, and
+    trl's own metrics follow the standard columns."""
+    standard = log_columns(PARTS)
+    extra = list(dict.fromkeys(k for row in rows for k in row if k not in standard))
+    columns = log_columns(PARTS, extra)
     write_log(rows, log_csv, columns)
     plot_log(rows, loss_png, columns, title)

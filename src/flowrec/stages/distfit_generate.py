@@ -10,6 +10,7 @@ from flowrec.cli import File, Param, Stage
 from flowrec.distfit.evaluate import generate_titles
 from flowrec.distfit.files import write_samples, write_title_probs
 from flowrec.distfit.target import DistfitSettings
+from flowrec.distributed import process_device
 from flowrec.model import load_base_model, load_tokenizer, load_tuned
 from flowrec.prompts import history_free_prompt_ids
 from flowrec.sampling import title_log_probs
@@ -32,15 +33,15 @@ def generate(
     and score every target title exactly."""
     torch.set_num_threads(threads)
     settings = DistfitSettings.from_block(distfit)
-    log.info("distfit settings in effect: %s", settings.in_effect(distfit))
+    log.info("distfit settings in effect: %s; device %s", settings.in_effect(distfit), process_device())
     target_tree = Trie.load(trie)
     if method == "base":
         tokenizer = load_tokenizer(model_name)
-        llm = load_base_model(model_name, device="cpu").eval()
+        llm = load_base_model(model_name, device=process_device()).eval()
     else:
         if model is None:
             raise ValueError(f"distfit_generate {method}: a tuned model folder (--model) is required")
-        llm, tokenizer = load_tuned(model, device="cpu")
+        llm, tokenizer = load_tuned(model, device=process_device())
     prompt = history_free_prompt_ids(tokenizer)
     titles = generate_titles(
         llm,

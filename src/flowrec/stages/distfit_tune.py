@@ -1,8 +1,9 @@
 """Stage distfit_tune: tune the base model on the target set with one method (sft, dpo, grpo, flower),
 on the history-free prompt and the budget every method shares (RQ1, docs/method.md sections 4 and 6).
 
-Everything runs on the CPU (trl's runs with use_cpu=True; SFT and Flower beside them for a like-for-like
-comparison), with torch's thread count set to the stage's threads.
+Every method runs on the process's device (flowrec.distributed.process_device: the GPU the rule gets,
+else the CPU) with fp32 weights; on CUDA under bf16 autocast (the pipeline's loop with tune.precision
+auto, trl with bf16=True), on the CPU in fp32; torch's thread count is the stage's threads.
 """
 
 import logging
@@ -15,6 +16,7 @@ from flowrec.distfit.files import read_samples, read_target
 from flowrec.distfit.methods import TUNED
 from flowrec.distfit.target import DistfitSettings
 from flowrec.distfit.train import train_with_loop
+from flowrec.distributed import process_device
 from flowrec.model import ModelSettings, describe, load_base_model, load_tokenizer, save_tuned
 from flowrec.prompts import history_free_prompt_ids
 from flowrec.settings import settings_from_block
@@ -47,11 +49,15 @@ def tune(
     target_tree = Trie.load(trie)
     tokenizer = load_tokenizer(model_settings.name_or_path)
     prompt = history_free_prompt_ids(tokenizer)
-    llm = load_base_model(model_settings.name_or_path, model_settings.lora_settings(), device="cpu")
+    device = process_device()
+    llm = load_base_model(
+        model_settings.name_or_path, model_settings.lora_settings(), device=device, dtype=torch.float32
+    )
     log.info(
-        "distfit %s on %d target titles: %s; settings in effect: %s",
+        "distfit %s on %d target titles, device %s: %s; settings in effect: %s",
         method,
         len(counts),
+        device,
         describe(llm),
         settings.in_effect(distfit),
     )

@@ -63,11 +63,14 @@ def plot_log(rows: list[dict], path: str | Path, columns: Sequence[str], title: 
 
 
 def progress_line(row: dict, parts: Sequence[str], total_steps: int) -> str:
-    """`step 10/70 epoch 1: loss 2.3 (sft 2.2, subtb 18.1) lr 3.0e-04 grad norm 1.2` of a train row."""
+    """`step 10/70 epoch 1: loss 2.3 (sft 2.2, subtb 18.1) lr 3.0e-04 grad norm 1.2` of a train row,
+    followed by the row's extra metrics (a trainer's, beyond the log's standard columns)."""
     shown = ", ".join(f"{p} {row[f'{p}_loss']:.4g}" for p in parts)
+    standard = set(log_columns(parts))
+    extra = "".join(f", {k} {v:.4g}" for k, v in row.items() if k not in standard)
     return (
-        f"step {row['step']}/{total_steps} epoch {row['epoch'] + 1}: loss {row['loss']:.4g} ({shown}) "
-        f"lr {row['lr']:.3g} grad norm {row['grad_norm']:.4g}"
+        f"step {row['step']}/{total_steps} epoch {row['epoch'] + 1}: loss {row['loss']:.4g}"
+        f"{f' ({shown})' if shown else ''} lr {row['lr']:.3g} grad norm {row['grad_norm']:.4g}{extra}"
     )
 
 
