@@ -11,6 +11,7 @@ Modules:
 - target: DistfitSettings and the target set (target file, top titles, tuning draws, target trie);
 - train: SFT and Flower through the pipeline's own training loop (flowrec.tune);
 - trl: DPO and GRPO through trl;
+- trl_log: trl's metrics into log.csv rows and the rule log (a TrainerCallback);
 - evaluate: title generation under the trie and the divergence table.
 The figure (target vs generated shares) is flowrec.report.plot_distribution_fit.
 """
