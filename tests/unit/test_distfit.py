@@ -219,6 +219,11 @@ def test_tuning_driver_end_to_end(tiny, tmp_path, method):
     assert _changed(before, model)
     log = pd.read_csv(log_csv)
     assert (log["split"] == "train").sum() == 2 and np.isfinite(log["loss"]).all()
+    assert (log.loc[log["split"] == "train", "grad_norm"] > 0).all()  # every method logs its grad norm
+    # trl's own metrics, through the TrainerCallback (flowrec.distfit.trl_log), as further columns
+    trl_metric = {"dpo": "rewards_margins", "grpo": "reward"}.get(method)
+    if trl_metric is not None:
+        assert np.isfinite(log[trl_metric]).all() and list(log.columns)[-1] == "split"
     assert loss_png.stat().st_size > 0
     save_tuned(model, tokenizer, tmp_path / "model", "tiny-random")
     tuned, _ = load_tuned(tmp_path / "model", device="cpu")

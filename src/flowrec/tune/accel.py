@@ -24,6 +24,8 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 
+from flowrec.distributed import world
+
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -50,7 +52,18 @@ def make_accelerator(precision: str, device: torch.device) -> Accelerator:
     accelerator = Accelerator(mixed_precision=mixed_precision(precision, device), cpu=device.type == "cpu")
     if accelerator.device.type != device.type:
         raise RuntimeError(f"Accelerate chose device {accelerator.device} for a model on {device}")
+    if accelerator.num_processes != world()[1]:  # accelerator.reduce must sum over every rank
+        raise RuntimeError(
+            f"Accelerate sees {accelerator.num_processes} processes, torch.distributed {world()[1]}"
+        )
     return accelerator
+
+
+def placement(accelerator: Accelerator) -> torch.device:
+    """Where the run's tensors go: `accelerator.device`, but the plain CPU device for a CPU run
+    (Accelerate names it cpu:LOCAL_RANK under torchrun, which torch.load cannot map checkpoints to)."""
+    device = accelerator.device
+    return torch.device("cpu") if device.type == "cpu" else device
 
 
 def fp32_master_weights(params: list[torch.nn.Parameter]) -> int:

@@ -25,7 +25,7 @@ from accelerate import Accelerator
 from tqdm import tqdm
 
 from flowrec.distributed import world
-from flowrec.tune.accel import fp32_master_weights, make_accelerator
+from flowrec.tune.accel import fp32_master_weights, make_accelerator, placement
 from flowrec.tune.checkpoint import Checkpoints, Progress, fingerprint
 from flowrec.tune.data import TuneData
 from flowrec.tune.forward import sft_losses
@@ -139,7 +139,7 @@ def validation_loss(
 ) -> float:
     """Mean per-sample SFT loss over `data` (sharded across ranks), whatever the training loss."""
     rank, size = world()
-    device = accelerator.device
+    device = placement(accelerator)
     was_training = model.training
     model.eval()
     total = torch.zeros(2, dtype=torch.float64, device=device)
@@ -195,15 +195,15 @@ def train(
         )
     rank, size = world()
     accelerator = make_accelerator(settings.precision, next(model.parameters()).device)
-    model.to(accelerator.device)
+    model.to(placement(accelerator))
     fp32_master_weights([p for p in model.parameters() if p.requires_grad])
-    generator = seed_everything(settings.seed, rank, accelerator.device)
+    generator = seed_everything(settings.seed, rank, placement(accelerator))
     opt = make_optimisation(model, settings, len(train_data))
     loss_settings = loss.fingerprint()
     checkpoints = Checkpoints(
         paths.checkpoints,
         fingerprint(name, loss_settings, settings, size, train_data, valid_data),
-        accelerator.device,
+        placement(accelerator),
     )
     progress = checkpoints.resume(model, opt.optimizer, opt.scheduler, generator)
     result = TrainResult(
@@ -218,7 +218,7 @@ def train(
         name,
         asdict(settings),
         loss_settings,
-        accelerator.device,
+        placement(accelerator),
         accelerator.mixed_precision,
         size,
         len(train_data),
@@ -237,7 +237,7 @@ def train(
         columns,
         pad_id,
         generator,
-        ProgressLog(log, settings.log_steps, steps_per_epoch * settings.epochs, loss.parts),
+        ProgressLog(log, settings.log_steps, steps_per_epoch * settings.epochs, loss.parts, rank == 0),
         {"tune": asdict(settings), "loss": loss_settings},  # in last.pt, for the record
         on_checkpoint,
     )

@@ -16,7 +16,7 @@ import torch
 from accelerate import Accelerator
 
 from flowrec.distributed import world
-from flowrec.tune.accel import clip_gradients
+from flowrec.tune.accel import clip_gradients, placement
 from flowrec.tune.data import TuneData
 from flowrec.tune.objectives import TuneLoss
 from flowrec.tune.settings import TuneSettings
@@ -83,7 +83,7 @@ def optimizer_step(
 ) -> StepResult:
     """One optimizer step over `global_batch` (this rank's slice, in micro batches)."""
     rank, size = world()
-    device = accelerator.device
+    device = placement(accelerator)
     mine = global_batch[rank::size]
     sums = torch.zeros(1 + len(loss.parts), dtype=torch.float64, device=device)
     for start in range(0, len(mine), settings.micro_batch_size):

@@ -79,14 +79,17 @@ class ProgressLog:
     every epoch: the step's losses, lr, grad norm, samples/s since the last line and the ETA of the run
     at that rate. tqdm's bar goes to the console, which a SLURM job does not have; this goes to the log."""
 
-    def __init__(self, logger: logging.Logger, every: int, total_steps: int, parts: Sequence[str]):
+    def __init__(
+        self, logger: logging.Logger, every: int, total_steps: int, parts: Sequence[str], enabled: bool = True
+    ):
         self.logger, self.every, self.total_steps, self.parts = logger, every, total_steps, tuple(parts)
+        self.enabled = enabled  # False on every rank but 0 under torchrun: one line per step
         self._time, self._samples = time.perf_counter(), 0
 
     def step(self, row: dict, samples: int, end_of_epoch: bool) -> None:
         """Count the `samples` of optimizer step `row`; log a line when one is due."""
         self._samples += samples
-        if row["step"] % self.every and not end_of_epoch:
+        if not self.enabled or (row["step"] % self.every and not end_of_epoch):
             return
         now = time.perf_counter()
         rate = self._samples / max(now - self._time, 1e-9)
