@@ -67,7 +67,9 @@ def _check_datasets(config: Mapping) -> list[str]:
         if entry["source"] == "import":
             folder = entry.get("import_dir")
             if not folder:
-                errors.append(f"{key}.import_dir: required for source import (a folder with train/valid/test.csv)")
+                errors.append(
+                    f"{key}.import_dir: required for source import (a folder with train/valid/test.csv)"
+                )
             elif not Path(folder).is_dir():
                 errors.append(f"{key}.import_dir: {folder} is not a folder ({Path(folder).resolve()})")
         months = {}
@@ -78,7 +80,9 @@ def _check_datasets(config: Mapping) -> list[str]:
                     errors.append(f"{key}.{bound}: {entry[bound]!r} has no month {entry[bound][-2:]}")
         start, end = months.get("window_start"), months.get("window_end")
         if start and end and start > end:
-            errors.append(f"{key}: window_start {entry['window_start']} is after window_end {entry['window_end']}")
+            errors.append(
+                f"{key}: window_start {entry['window_start']} is after window_end {entry['window_end']}"
+            )
     return errors
 
 
@@ -163,3 +167,42 @@ def check_config(config: Mapping, results: str | Path = "results") -> None:
     if errors:
         raise ConfigError("config:\n  " + "\n  ".join(errors))
 
+
+def load_yaml(path: str | Path) -> Any:
+    """A YAML file's content; a syntax error raises ConfigError naming the file, line and column
+    (Snakemake's own message for a bad --configfile names neither: "Config file is not valid JSON or YAML")."""
+    import yaml
+
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: YAML syntax error: {err.problem or err.context}") from err
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from err
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m flowrec.config_checks [FILE ...]`: config.yaml merged with each --configfile FILE,
+    checked as the workflow would (syntax with file and line, schema, then check_config)."""
+    import sys
+
+    from snakemake.utils import update_config, validate
+
+    files = ["config.yaml", *(sys.argv[1:] if argv is None else argv)]
+    try:
+        config: dict = {}
+        for path in files:
+            update_config(config, load_yaml(path) or {})
+        validate(config, str(Path(__file__).resolve().parents[2] / "config" / "schema.yaml"))
+        check_config(config)
+    except Exception as err:  # the schema's ValidationError names the key; ConfigError file/line or key
+        print(f"{' + '.join(files)}: {err}", file=sys.stderr)
+        return 1
+    print(f"{' + '.join(files)}: ok")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from flowrec.distributed import world
 from flowrec.tune.checkpoint import Checkpoints, Progress, fingerprint
 from flowrec.tune.data import TuneData
+from flowrec.tune.divergence_checks import DivergenceGuard
 from flowrec.tune.forward import sft_losses
 from flowrec.tune.objectives import TuneLoss
 from flowrec.tune.settings import TuneSettings
@@ -146,8 +147,10 @@ def train_epoch(
     pad_id: int,
     generator: torch.Generator,
     name: str,
+    guard: DivergenceGuard,
 ) -> None:
-    """The optimizer steps of one epoch over a permutation seeded by (seed, epoch); a log row each."""
+    """The optimizer steps of one epoch over a permutation seeded by (seed, epoch); a log row each;
+    `guard` stops a run whose loss went NaN or infinite (flowrec.tune.divergence_checks)."""
     order = np.random.default_rng([settings.seed, epoch]).permutation(len(data))
     steps = math.ceil(len(data) / settings.batch_size)
     desc = f"{name} epoch {epoch + 1}/{settings.epochs}"
@@ -156,6 +159,7 @@ def train_epoch(
         global_batch = order[b * settings.batch_size : (b + 1) * settings.batch_size]
         mean, parts, lr = optimizer_step(model, loss, data, global_batch, settings, opt, pad_id, generator)
         progress.step += 1
+        guard.check_step(progress.step, epoch, mean, parts, lr)
         progress.rows.append(train_row(progress.step, epoch, mean, parts, lr))
         bar.set_postfix(loss=f"{mean:.4f}", **{p: f"{v:.4f}" for p, v in parts.items()}, lr=f"{lr:.2e}")
 
@@ -230,10 +234,12 @@ def train(
     progress = progress or Progress()
     columns = log_columns(loss.parts)
     stored_settings = {"tune": asdict(settings), "loss": loss_settings}  # in last.pt, for the record
+    guard = DivergenceGuard.resumed(name, model.config.vocab_size, progress.rows)
     model.train()
     for epoch in range(settings.epochs if progress.stopped else progress.epoch + 1, settings.epochs):
-        train_epoch(model, loss, train_data, settings, opt, progress, epoch, pad_id, generator, name)
+        train_epoch(model, loss, train_data, settings, opt, progress, epoch, pad_id, generator, name, guard)
         valid = validation_loss(model, valid_data, settings.micro_batch_size, pad_id, device)
+        guard.check_valid(epoch, valid)  # before the checkpoint: a diverged epoch is never resumed from
         progress.rows.append(valid_row(progress.step, epoch, valid, loss.parts))
         progress.epoch = epoch
         improved = early_stopping(progress, epoch, valid, settings.patience)
