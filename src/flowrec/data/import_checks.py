@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 log = logging.getLogger("flowrec.data")
 
@@ -139,7 +141,9 @@ def overlaps(frames: dict[str, pd.DataFrame], folder: Path, warnings: Counter) -
         repeated = int(keys[name][0].duplicated().sum())
         if repeated:
             warnings[f"{name}_duplicate_rows"] += repeated
-            log.warning("%s: %d rows repeat an earlier row of the same file", folder / f"{name}.csv", repeated)
+            log.warning(
+                "%s: %d rows repeat an earlier row of the same file", folder / f"{name}.csv", repeated
+            )
     train_keys, train_user = keys["train"]
     for name in ("valid", "test"):
         held_out, with_user = keys[name]
@@ -153,22 +157,40 @@ def overlaps(frames: dict[str, pd.DataFrame], folder: Path, warnings: Counter) -
                 f"timestamp) also appear in {folder / 'train.csv'}: the split leaks {name} samples into train"
             )
         warnings[f"{name}_rows_also_in_train"] += int(copied.sum())
-        log.warning("%s: %d rows (history, target) also in train.csv", folder / f"{name}.csv", int(copied.sum()))
+        log.warning(
+            "%s: %d rows (history, target) also in train.csv", folder / f"{name}.csv", int(copied.sum())
+        )
 
 
 def history_title_mismatches(
-    frame: pd.DataFrame, history: list[list[int]], titles: np.ndarray, path: Path, warnings: Counter, name: str
+    frame: pd.DataFrame,
+    history: list[list[int]],
+    titles: np.ndarray,
+    path: Path,
+    warnings: Counter,
+    name: str,
 ) -> None:
     """Count rows whose history_item_title disagrees with the titles of history_item_id (ids win)."""
     reprs = np.array([repr(t) for t in titles], dtype=object)
-    bad = 0
-    first = None
-    for row, (ids, cell) in enumerate(zip(history, frame["history_item_title"], strict=True)):
-        if cell == "[" + ", ".join(reprs[ids]) + "]":  # the usual case: the text Python writes, no parsing
-            continue
-        if _parse(cell, path, row + 2, "history_item_title") != [titles[i] for i in ids]:
+    lengths = np.fromiter((len(r) for r in history), np.int64, len(history))
+    flat = np.fromiter((i for r in history for i in r), np.int64, int(lengths.sum()))
+    lists = pa.ListArray.from_arrays(
+        pa.array(np.r_[0, np.cumsum(lengths)]), pa.array(reprs[flat], pa.string())
+    )
+    written = pc.binary_join_element_wise("[", pc.binary_join(lists, ", "), "]", "")  # as Python writes it
+    given = frame["history_item_title"].to_numpy(object)
+    bad, first = 0, None
+    for row in np.flatnonzero(
+        np.asarray(written.to_pylist(), dtype=object) != given
+    ):  # other spelling or wrong
+        if _parse(given[row], path, row + 2, "history_item_title") != [titles[i] for i in history[row]]:
             bad += 1
-            first = first or row + 2
+            first = first or int(row) + 2
     if bad:
         warnings[f"{name}_history_titles_differ_from_ids"] += bad
-        log.warning("%s:%d: %d rows whose history_item_title differs from the titles of history_item_id", path, first, bad)
+        log.warning(
+            "%s:%d: %d rows whose history_item_title differs from the titles of history_item_id",
+            path,
+            first,
+            bad,
+        )

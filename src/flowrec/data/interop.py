@@ -181,7 +181,11 @@ def _collect_asins(
     if item_asin is not None:
         pairs += [(int(i), a) for i, a in zip(target, item_asin, strict=True) if a]
     if item_asins is not None:
-        pairs += [(i, a) for ids, row in zip(history, item_asins, strict=True) for i, a in zip(ids, row, strict=True)]
+        pairs += [
+            (i, a)
+            for ids, row in zip(history, item_asins, strict=True)
+            for i, a in zip(ids, row, strict=True)
+        ]
     for item, asin in pairs:
         if asins.setdefault(item, asin) != asin:
             warnings["item_ids_with_two_asins"] += 1
@@ -292,7 +296,9 @@ def import_d3(
         if len(flat) and (flat.min() < 0 or flat.max() >= n_items) or len(target) and target.max() >= n_items:
             raise ValueError(f"{path}: item ids outside 0..{n_items - 1}")
         if with_ids:
-            history_title_mismatches(frame, lists[name], items["title"].to_numpy(object), path, warnings, name)
+            history_title_mismatches(
+                frame, lists[name], items["title"].to_numpy(object), path, warnings, name
+            )
         offsets = pa.array(np.r_[0, np.cumsum(lengths)], pa.int64())
         user = (
             frame["user_id"].where(frame["user_id"] != "", None)
