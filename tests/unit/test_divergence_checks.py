@@ -30,8 +30,9 @@ def test_validation_worse_than_uniform_or_collapsed_stops():
         DivergenceGuard("bigrec", V).check_valid(0, 2 * LN_V)
     with pytest.raises(TrainingDiverged, match="validation SFT loss is nan"):
         DivergenceGuard("bigrec", V).check_valid(0, math.nan)
-    # a pretrained model (first loss 3 nats) back at ln V: collapsed
-    informed = DivergenceGuard("bigrec", V, first_sft=3.0)
+    # a model that knew something (an earlier epoch at 3 nats) back near ln V: collapsed
+    informed = DivergenceGuard("bigrec", V)
+    informed.check_valid(0, 3.0)
     with pytest.raises(TrainingDiverged, match="model collapsed"):
         informed.check_valid(1, 0.97 * LN_V)
     # flat at exactly ln V every step: uniform output, whatever the start
@@ -48,9 +49,13 @@ def test_an_untrained_random_model_near_ln_v_is_not_collapsed():
     for step, loss in enumerate([10.874, 10.86, 10.85], 1):
         guard.check_step(step, 0, loss, {"sft": loss}, 3e-4)
     guard.check_valid(0, 10.84)
-    resumed = DivergenceGuard.resumed("bigrec", V, [{"split": "train", "loss": 10.9, "sft_loss": 10.874}])
-    assert resumed.first_sft == pytest.approx(10.874)
-    resumed.check_valid(1, 0.97 * LN_V)
+    guard.check_valid(1, 10.85)  # a little worse: no collapse, it never knew much
+    resumed = DivergenceGuard.resumed(
+        "bigrec", V, [{"split": "train", "loss": 5.0}, {"split": "valid", "loss": 4.0}]
+    )
+    assert resumed.best_valid == 4.0
+    with pytest.raises(TrainingDiverged, match="after an earlier epoch's 4"):
+        resumed.check_valid(1, 0.97 * LN_V)
 
 
 class NaNAfterFirstStep:

@@ -8,10 +8,11 @@ A learning rate far too high ends in one of three ways, none of which may pass a
   (a) uniform output: the validation loss and every training step's SFT loss of the epoch equal
       ln(vocabulary) within UNIFORM_TOL nats (the model predicts every token with probability 1/V;
       tune.learning_rate 30000 on the tiny preset ends exactly there, 10.8027 = ln 49152, flat);
-  (b) the validation SFT loss back near ln(vocabulary) (>= COLLAPSED x ln V) although training started
-      clearly below it (first step's SFT loss < INFORMED x ln V): a pretrained model lost what it knew.
-  Condition (b) needs the informed start so that an untrained random model (the tiny preset's, which
-  starts near ln V and learns slowly) does not count as collapsed; (a) needs the exact, flat value.
+  (b) the validation SFT loss back near ln(vocabulary) (>= COLLAPSED x ln V) after an earlier epoch's
+      was clearly below it (< INFORMED x ln V): the model knew something and lost it.
+  Both compare like with like (the unweighted SFT loss; a loss without an `sft` part skips (a)), and
+  neither fires for an untrained random model (the tiny preset's), which starts near ln V and learns
+  slowly: (a) needs the exact, flat value, (b) an informed epoch first.
 """
 
 from __future__ import annotations
@@ -33,36 +34,32 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass
 class DivergenceGuard:
-    """Checks one training run's losses; `first_sft` is the SFT loss of the first optimizer step."""
+    """Checks one training run's losses (create one per run, or `resumed` from its log rows)."""
 
     name: str  # the method, for the message
     vocab_size: int
-    first_sft: float | None = None
+    best_valid: float = math.inf  # lowest validation loss of the epochs before
     epoch_sft: list[float] = field(default_factory=list)  # SFT loss of each step of the current epoch
     epoch: int | None = None
 
     @classmethod
     def resumed(cls, name: str, vocab_size: int, rows: Sequence[Mapping]) -> DivergenceGuard:
-        """A guard that continues a run whose log rows so far are `rows` (the first train row's loss)."""
-        first = next((r for r in rows if r.get("split") == "train"), None)
-        sft = None if first is None else float(first.get("sft_loss", first["loss"]))
-        return cls(name, vocab_size, sft)
+        """A guard that continues a run whose log rows so far are `rows` (its validation losses)."""
+        valid = [float(r["loss"]) for r in rows if r.get("split") == "valid"]
+        return cls(name, vocab_size, min(valid, default=math.inf))
 
     def check_step(self, step: int, epoch: int, loss: float, parts: Mapping[str, float], lr: float) -> None:
-        """After each optimizer step: every loss finite; remembers the first step's SFT loss."""
+        """After each optimizer step: every loss finite; remembers the epoch's SFT losses."""
         bad = {key: value for key, value in {"loss": loss, **parts}.items() if not math.isfinite(value)}
         if bad:
             raise TrainingDiverged(
                 f"{self.name}: training diverged at step {step} (epoch {epoch}, learning rate {lr:.3g}): "
                 f"{', '.join(f'{k} = {v}' for k, v in bad.items())}; {_ADVICE}"
             )
-        sft = float(parts.get("sft", loss))
-        if self.first_sft is None:
-            self.first_sft = sft
         if epoch != self.epoch:
             self.epoch, self.epoch_sft = epoch, []
-        if step > 1:  # step 1's loss is the untrained model's: it says nothing about collapse
-            self.epoch_sft.append(sft)
+        if step > 1 and "sft" in parts:  # step 1's loss is the untrained model's: it says nothing
+            self.epoch_sft.append(float(parts["sft"]))
 
     def check_valid(self, epoch: int, valid_loss: float) -> None:
         """After each epoch's validation: finite, no worse than uniform, not collapsed to uniform."""
@@ -81,9 +78,9 @@ class DivergenceGuard:
                 f"{where} and each of the epoch's {len(steps)} steps' is ln V = {uniform:.4f} (within "
                 f"{UNIFORM_TOL}): the model collapsed to the uniform distribution over the vocabulary; {_ADVICE}"
             )
-        informed = self.first_sft is not None and self.first_sft < INFORMED * uniform
-        if informed and valid_loss >= COLLAPSED * uniform:
+        if self.best_valid < INFORMED * uniform and valid_loss >= COLLAPSED * uniform:
             raise TrainingDiverged(
-                f"{where}, back at ln V = {uniform:.4g} (uniform over the vocabulary) although the first "
-                f"step's was {self.first_sft:.4g}: the model collapsed; {_ADVICE}"
+                f"{where}, back at ln V = {uniform:.4g} (uniform over the vocabulary) after an earlier "
+                f"epoch's {self.best_valid:.4g}: the model collapsed; {_ADVICE}"
             )
+        self.best_valid = min(self.best_valid, valid_loss)
