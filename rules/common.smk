@@ -12,9 +12,14 @@ validate(config, "../config/schema.yaml")
 # Rules run stage entries with `script:`; put src/ on the path so that they import the package
 # in any environment (the project venv, or a conda env built from envs/*.yaml).
 _SRC = str(Path(workflow.basedir) / "src")
-sys.path.insert(0, _SRC)  # flowrec.code_deps only (ast and pathlib): the parser imports nothing heavy
+sys.path.insert(0, _SRC)  # flowrec.code_deps and .config_checks: the parser imports nothing heavy
 
 from flowrec.code_deps import module_files
+from flowrec.config_checks import check_config
+
+# Everything the schema cannot express (NaN/inf, cross-field rules, the model source, limits against
+# the prepared catalogue) fails here, before Snakemake deletes any output of a job that would fail.
+check_config(config)
 
 
 def code_of(module):
@@ -142,13 +147,6 @@ def get_tune_runtime(wildcards):
 # Keys of the decode block every method uses; temp_temperature and d3_weight reach only their own row.
 _DECODE_SHARED_KEYS = ("test_samples", "seed", "num_beams", "num_return", "batch_size")
 _D3_METHODS = ("d3", "d3_noassist")
-
-if config["decode"]["num_return"] > config["decode"]["num_beams"]:
-    raise ValueError(
-        f"config: decode.num_return={config['decode']['num_return']} exceeds decode.num_beams="
-        f"{config['decode']['num_beams']}; beam search returns at most one title per beam"
-    )
-
 
 def get_tuned_model(wildcards):
     """The tuned model a decoded method decodes with (DECODED_METHODS in common.smk)."""

@@ -177,6 +177,7 @@ def save_tuned(model, tokenizer, out_dir: str | Path, base_name_or_path: str) ->
     lora = _is_peft(model)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".part", dir=out_dir.parent))
     try:
+        tmp.chmod(0o755)  # mkdtemp creates 0700; outputs are read by other users and jobs (as io.atomic_path)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         info = {"base": str(base_name_or_path), "lora": lora, "format": "adapter" if lora else "full"}

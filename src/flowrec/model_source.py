@@ -22,8 +22,10 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from transformers import PreTrainedModel
+if TYPE_CHECKING:  # the workflow parser imports this module (flowrec.config_checks) without transformers
+    from transformers import PreTrainedModel
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,33 @@ def resolve_model_source(name_or_path: str) -> tuple[str, str | None]:
 
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "False")
+
+
+def hub_id_problem(hub_id: str, timeout_s: float = 10.0) -> str | None:
+    """Why the hub id `hub_id` cannot load (None when it can): it must be in the local Hugging Face
+    cache, or, unless HF_HUB_OFFLINE is set, exist on the hub (asked once, with a short timeout)."""
+    from huggingface_hub import HfApi, try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError
+
+    if isinstance(try_to_load_from_cache(hub_id, "config.json"), str):
+        return None
+    where = f"HF_HOME={os.environ.get('HF_HOME', '~/.cache/huggingface')}"
+    fix = f"use `{EMBEDDED}`, a .gguf file, a save_pretrained folder or a cached hub id"
+    if _offline():
+        return (
+            f"`{hub_id}` is no local file or folder and not in the local Hugging Face cache ({where}), and "
+            f"HF_HUB_OFFLINE is set: download it first, unset HF_HUB_OFFLINE, or {fix}"
+        )
+    try:
+        HfApi().model_info(hub_id, timeout=timeout_s)
+    except (RepositoryNotFoundError, HFValidationError) as err:
+        return f"`{hub_id}` is no local file or folder and no model on the Hugging Face hub ({type(err).__name__}); {fix}"
+    except Exception as err:  # no network, proxy, server error: the jobs would fail the same way
+        return (
+            f"`{hub_id}` is no local file or folder, not in the local Hugging Face cache ({where}), and the hub "
+            f"did not answer ({type(err).__name__}: {str(err)[:200]}); {fix}"
+        )
+    return None
 
 
 def _hub_kwargs(source: str, name_or_path: str) -> dict:

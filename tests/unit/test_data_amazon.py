@@ -8,6 +8,7 @@ import threading
 from collections import Counter
 from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -284,3 +285,23 @@ def test_download_resumes_from_a_complete_part_file_of_an_earlier_run(serve, tmp
     (tmp_path / "Toy.json.gz.part").write_bytes(payload)  # the earlier run died before verifying
     download_file(url, dest, backoff_s=0.01)
     assert dest.read_bytes() == payload and requests == [f"bytes={len(payload)}-"]
+
+
+def test_non_utf8_titles_are_counted_and_a_broken_gzip_is_named(amazon_files, tmp_path):
+    """Bytes that are not UTF-8 are replaced and counted in stats.json warnings; a file that is not
+    gzip, or ends early, raises naming the file."""
+    lines = gzip.open(amazon_files["meta"], "rb").read().split(b"\n")
+    lines[0] = lines[0].replace(b'"title": "', b'"title": "\xff', 1)
+    with gzip.open(amazon_files["meta"], "wb") as out:
+        out.write(b"\n".join(lines))
+    data = prepare(dataset_settings(SETTINGS), amazon_files)
+    assert data.stats["warnings"] == {"meta_non_utf8_line": 1}
+    assert "meta_non_utf8_line" not in data.stats["dropped"]
+    truncated = tmp_path / "cut" / "Toy.json.gz"
+    truncated.parent.mkdir()
+    truncated.write_bytes(Path(amazon_files["reviews"]).read_bytes()[:-20])
+    with pytest.raises(ValueError, match=rf"{truncated}: not a complete gzip file"):
+        prepare(dataset_settings(SETTINGS), {**amazon_files, "reviews": str(truncated)})
+    truncated.write_text("<html>404</html>")
+    with pytest.raises(ValueError, match=rf"{truncated}: not a complete gzip file, read up to line 0"):
+        prepare(dataset_settings(SETTINGS), {**amazon_files, "reviews": str(truncated)})

@@ -59,6 +59,9 @@ def test_save_tuned_load_tuned_round_trip(tmp_path: Path, tokenizer, lora: bool)
     save_tuned(model, tokenizer, out, TINY_RANDOM)
     assert (out / "flowrec_model.json").is_file()
     assert (out / ("adapter_config.json" if lora else "config.json")).is_file()
+    assert (
+        out.stat().st_mode & 0o777 == 0o755
+    )  # readable by others, as every other output (not mkdtemp's 0700)
     loaded, loaded_tok = load_tuned(out, device="cpu")
     assert not loaded.training
     with torch.no_grad():

@@ -126,23 +126,45 @@ def download_file(
 
 
 def _json_lines(path: str | Path, drops: Counter, prefix: str):
-    """(line number, object) for each line that parses as a JSON object; count and log the others."""
-    with gzip.open(path, "rt", encoding="utf-8", errors="replace") as stream:
-        for number, line in enumerate(tqdm(stream, desc=Path(path).name, unit=" lines", mininterval=10), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except ValueError as err:
-                obj, reason = None, f"{type(err).__name__}: {err}"
-            else:
-                reason = None if isinstance(obj, dict) else f"a JSON {type(obj).__name__}, not an object"
-            if reason is not None:
-                drops[f"{prefix}_malformed_line"] += 1
-                if drops[f"{prefix}_malformed_line"] <= MAX_LOGGED:
-                    log.warning("%s:%d: skipped malformed line (%s)", path, number, reason)
-                continue
-            yield number, obj
+    """(line number, object) for each line that parses as a JSON object; count and log the others.
+
+    Bytes that are not UTF-8 are replaced (U+FFFD) and the lines holding them counted
+    (`{prefix}_non_utf8_line`); a file that is not gzip or ends early raises naming the file and line.
+    """
+    number = 0
+    try:
+        with gzip.open(path, "rb") as stream:
+            for number, raw in enumerate(
+                tqdm(stream, desc=Path(path).name, unit=" lines", mininterval=10), 1
+            ):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    line = raw.decode("utf-8", errors="replace")
+                    drops[f"{prefix}_non_utf8_line"] += 1
+                    if drops[f"{prefix}_non_utf8_line"] <= MAX_LOGGED:
+                        log.warning("%s:%d: bytes that are not UTF-8 replaced (%s)", path, number, err.reason)
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except ValueError as err:
+                    obj, reason = None, f"{type(err).__name__}: {err}"
+                else:
+                    reason = None if isinstance(obj, dict) else f"a JSON {type(obj).__name__}, not an object"
+                if reason is not None:
+                    drops[f"{prefix}_malformed_line"] += 1
+                    if drops[f"{prefix}_malformed_line"] <= MAX_LOGGED:
+                        log.warning("%s:%d: skipped malformed line (%s)", path, number, reason)
+                    continue
+                yield number, obj
+    except (OSError, EOFError, zlib.error) as err:
+        if isinstance(err, FileNotFoundError):
+            raise
+        raise ValueError(
+            f"{path}: not a complete gzip file, read up to line {number} ({type(err).__name__}: {err}); "
+            "delete it and download it again"
+        ) from err
 
 
 def read_meta_titles(

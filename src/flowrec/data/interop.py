@@ -11,6 +11,7 @@ import ast
 import csv
 import json
 import logging
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,15 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from flowrec.data.import_checks import (
+    check_history_titles,
+    check_rows,
+    check_titles,
+    history_title_mismatches,
+    list_extras,
+    overlaps,
+    read_csv_named,
+)
 from flowrec.data.protocol import SPLITS, clean_title
 from flowrec.io import atomic_path
 
@@ -125,21 +135,60 @@ def _literal_lists(column: pd.Series, path: Path, name: str, ints: bool) -> list
 def _read_split(path: Path) -> pd.DataFrame:
     if not path.exists():
         raise FileNotFoundError(f"{path}: missing (source import needs train.csv, valid.csv, test.csv)")
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    frame = read_csv_named(path, dtype=str, keep_default_na=False)
     for name in ("history_item_title", "item_title"):
         if name not in frame.columns:
             raise ValueError(f"{path}: column {name} missing; columns are {list(frame.columns)}")
+    check_rows(frame, path)
+    check_titles(frame["item_title"], path, "item_title")
     return frame
 
 
 def _read_items(path: Path) -> pd.DataFrame:
-    frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, quoting=csv.QUOTE_NONE)
+    frame = read_csv_named(path, sep="\t", dtype=str, keep_default_na=False, quoting=csv.QUOTE_NONE)
     if list(frame.columns[:2]) != ["item_id", "item_title"]:
         raise ValueError(f"{path}: expected header item_id<TAB>item_title, got {list(frame.columns)}")
+    check_titles(frame["item_title"], path, "item_title")
     ids = pd.to_numeric(frame["item_id"], errors="coerce")
     if ids.isna().any():
         raise ValueError(f"{path}:{int(ids.isna().to_numpy().argmax()) + 2}: item_id is not an integer")
     return pd.DataFrame({"item_id": ids.astype(np.int64), "title": frame["item_title"]})
+
+
+def _extra_columns(frame: pd.DataFrame, extras: dict, offsets: pa.Array, max_history: int) -> dict:
+    """rating, history_rating and history_timestamp of an imported split (histories cut like the ids),
+    carried into the D3 export; absent when the file lacks them."""
+    out = {}
+    if "rating" in frame and (frame["rating"] != "").any():
+        out["rating"] = pa.array(pd.to_numeric(frame["rating"], errors="coerce").to_numpy(np.float64))
+    for column, typ in (("history_rating", pa.float64()), ("history_timestamp", pa.int64())):
+        if extras[column] is not None:
+            flat = [v for row in extras[column] for v in row[-max_history:]]
+            out[column] = pa.ListArray.from_arrays(offsets, pa.array(flat, typ))
+    return out
+
+
+def _collect_asins(
+    asins: dict[int, str],
+    target: np.ndarray,
+    item_asin: pd.Series | None,
+    history: list[list[int]],
+    item_asins: list[list[str]] | None,
+    warnings: Counter,
+) -> None:
+    """Record the ASIN of each item id the split names (item_asin, item_asins); count conflicts."""
+    pairs = []
+    if item_asin is not None:
+        pairs += [(int(i), a) for i, a in zip(target, item_asin, strict=True) if a]
+    if item_asins is not None:
+        pairs += [
+            (i, a)
+            for ids, row in zip(history, item_asins, strict=True)
+            for i, a in zip(ids, row, strict=True)
+        ]
+    for item, asin in pairs:
+        if asins.setdefault(item, asin) != asin:
+            warnings["item_ids_with_two_asins"] += 1
 
 
 def import_d3(
@@ -165,6 +214,11 @@ def import_d3(
         )
         for name, f in frames.items()
     }
+    if not with_ids:
+        for name in SPLITS:
+            check_history_titles(lists[name], folder / f"{name}.csv")
+    warnings: Counter = Counter()
+    overlaps(frames, folder, warnings)
     stats_drops: dict[str, int] = {}
     if items_path.exists():
         items = _read_items(items_path)
@@ -179,9 +233,14 @@ def import_d3(
                     for f in frames.values()
                 ]
             )
-            .drop_duplicates("item_id")
-            .sort_values("item_id")
+            .drop_duplicates()
+            .sort_values("item_id", kind="stable")
         )
+        retitled = int(pairs["item_id"].duplicated().sum())
+        if retitled:  # the first title of each id wins (file order: train, valid, test)
+            warnings["item_ids_with_two_titles"] = retitled
+            log.warning("%s: %d item ids appear with more than one item_title", folder, retitled)
+        pairs = pairs.drop_duplicates("item_id")
         missing = np.setdiff1d(np.arange(pairs["item_id"].max() + 1), pairs["item_id"].to_numpy())
         if len(missing):
             raise ValueError(
@@ -206,6 +265,7 @@ def import_d3(
     id_of_title = items.sort_values("item_id").drop_duplicates("title").set_index("title")["item_id"]
 
     splits = {}
+    asins: dict[int, str] = {}  # item id -> ASIN, where the files name it
     for name, frame in frames.items():
         path = folder / f"{name}.csv"
         if with_ids:
@@ -228,11 +288,17 @@ def import_d3(
                 history = [id_of_title.loc[row].tolist() for row in lists[name]]
             except KeyError as err:
                 raise ValueError(f"{path}: history_item_title names an unknown title {err}") from err
-        history = [row[-max_history:] for row in history]
+        full_lengths = np.fromiter((len(r) for r in history), np.int64, len(history))
+        extras = list_extras(frame, path, full_lengths)
+        full_history, history = history, [row[-max_history:] for row in history]
         lengths = np.fromiter((len(r) for r in history), np.int64, len(history))
         flat = np.fromiter((i for r in history for i in r), np.int64, int(lengths.sum()))
         if len(flat) and (flat.min() < 0 or flat.max() >= n_items) or len(target) and target.max() >= n_items:
             raise ValueError(f"{path}: item ids outside 0..{n_items - 1}")
+        if with_ids:
+            history_title_mismatches(
+                frame, lists[name], items["title"].to_numpy(object), path, warnings, name
+            )
         offsets = pa.array(np.r_[0, np.cumsum(lengths)], pa.int64())
         user = (
             frame["user_id"].where(frame["user_id"] != "", None)
@@ -250,8 +316,10 @@ def import_d3(
                 "history": pa.ListArray.from_arrays(offsets, pa.array(flat, pa.int64())),
                 "target": pa.array(target, pa.int64()),
                 "timestamp": pa.array(stamp, pa.int64()),
+                **_extra_columns(frame, extras, offsets, max_history),
             }
         )
+        _collect_asins(asins, target, frame.get("item_asin"), full_history, extras["item_asins"], warnings)
         if with_ids:
             titles = items["title"].to_numpy(dtype=object)
             mismatch = int((titles[target] != frame["item_title"].to_numpy(dtype=object)).sum())
@@ -265,7 +333,7 @@ def import_d3(
         {
             "item_id": pa.array(items["item_id"].to_numpy(np.int64)),
             "title": pa.array(items["title"].astype(str).tolist(), pa.string()),
-            "source_id": pa.array(items["item_id"].astype(str).tolist(), pa.string()),
+            "source_id": pa.array([asins.get(i, str(i)) for i in items["item_id"].tolist()], pa.string()),
         }
     )
     stats = {
@@ -278,6 +346,7 @@ def import_d3(
         "interactions": None,  # unknown: an imported split has no per-user sequences
         "samples": {name: table.num_rows for name, table in splits.items()},
         "dropped": stats_drops,
+        "warnings": dict(warnings),  # import_checks: counted, not fatal
     }
     log.info("imported %s: %s samples, %d items", folder, stats["samples"], n_items)
     return items_table, splits, stats

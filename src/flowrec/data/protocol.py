@@ -27,6 +27,8 @@ SPLITS = ("train", "valid", "test")
 # a "<" directly followed by a tag name (or "/" or "!"). "Love <3" or "a < b" are not markup.
 _MARKUP = re.compile(r"<\s*[/!]?[A-Za-z][A-Za-z0-9-]*(?:[\s/>]|$)")
 _STRIP = " \t\r\n\"'"
+# Reasons counted in `drops` for rows that were kept (repaired), reported as stats.json `warnings`.
+_KEPT_WITH_WARNING = ("_non_utf8_line",)
 
 
 def window_bounds(settings: DatasetSettings, start_month: str | None = None) -> tuple[int | None, int | None]:
@@ -279,6 +281,8 @@ def build_dataset(
         "samples": {name: table.num_rows for name, table in splits.items()},
         "window": {"start": start, "end": settings.window_end},
         "k_core": settings.k_core,
-        "dropped": dict(sorted(drops.items())),
+        "dropped": {k: v for k, v in sorted(drops.items()) if not k.endswith(_KEPT_WITH_WARNING)},
+        # rows kept but repaired (e.g. flowrec.data.amazon: bytes that are not UTF-8 replaced), by reason
+        "warnings": {k: v for k, v in sorted(drops.items()) if k.endswith(_KEPT_WITH_WARNING)},
     }
     return items, splits, stats

@@ -28,6 +28,7 @@ from flowrec.distributed import world
 from flowrec.tune.accel import fp32_master_weights, make_accelerator, placement
 from flowrec.tune.checkpoint import Checkpoints, Progress, fingerprint
 from flowrec.tune.data import TuneData
+from flowrec.tune.divergence_checks import DivergenceGuard
 from flowrec.tune.forward import sft_losses
 from flowrec.tune.objectives import TuneLoss
 from flowrec.tune.settings import TuneSettings
@@ -79,6 +80,7 @@ class Run:
     progress_log: ProgressLog
     stored_settings: dict
     on_checkpoint: Callable[[Progress], None] | None
+    guard: DivergenceGuard  # stops a run whose loss went non-finite or collapsed (divergence_checks)
 
 
 def save_checkpoint(run: Run, progress: Progress, improved: bool) -> None:
@@ -124,6 +126,7 @@ def train_epoch(run: Run, data: TuneData, progress: Progress, epoch: int, name: 
         )
         progress.step += 1
         progress.epoch_step = b + 1
+        run.guard.check_step(progress.step, epoch, result.loss, result.parts, result.lr)
         row = train_row(progress.step, epoch, result.loss, result.parts, result.lr, result.grad_norm)
         progress.rows.append(row)
         run.progress_log.step(row, len(global_batch), end_of_epoch=b + 1 == steps)
@@ -240,11 +243,13 @@ def train(
         ProgressLog(log, settings.log_steps, steps_per_epoch * settings.epochs, loss.parts, rank == 0),
         {"tune": asdict(settings), "loss": loss_settings},  # in last.pt, for the record
         on_checkpoint,
+        DivergenceGuard.resumed(name, model.config.vocab_size, progress.rows),
     )
     model.train()
     for epoch in range(settings.epochs if progress.stopped else progress.epoch + 1, settings.epochs):
         train_epoch(run, train_data, progress, epoch, name)
         valid = validation_loss(accelerator, model, valid_data, settings.micro_batch_size, pad_id)
+        run.guard.check_valid(epoch, valid)  # before the checkpoint: a diverged epoch is never resumed from
         progress.rows.append(valid_row(progress.step, epoch, valid, loss.parts))
         progress.epoch, progress.epoch_step = epoch, 0
         improved = early_stopping(progress, epoch, valid, settings.patience)
