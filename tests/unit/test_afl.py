@@ -4,7 +4,15 @@ lists, answer parsing, the call cache, and the local constrained backend on the 
 import numpy as np
 import pytest
 
-from flowrec.afl.agents import Reply, Request, Round, parse_answer, rec_memory_text, rec_request, user_memory_text
+from flowrec.afl.agents import (
+    Reply,
+    Request,
+    Round,
+    parse_answer,
+    rec_memory_text,
+    rec_request,
+    user_memory_text,
+)
 from flowrec.afl.backends import BackendSettings, Stats
 from flowrec.afl.cache import CachedBackend
 from flowrec.afl.candidates import candidate_lists, choose_rows, simulation_items
@@ -169,7 +177,9 @@ def test_cache_second_run_makes_no_backend_call(tmp_path):
     cached = CachedBackend(backend, tmp_path)
     second = run_loop(cases, cached, "movie", max_rounds=4)
     assert backend.stats.calls == calls and cached.misses == 0 and cached.hits == calls
-    assert [(o.final, o.rounds, o.accepted) for o in first] == [(o.final, o.rounds, o.accepted) for o in second]
+    assert [(o.final, o.rounds, o.accepted) for o in first] == [
+        (o.final, o.rounds, o.accepted) for o in second
+    ]
     # Another backend identity (e.g. another temperature) is another key: it calls again.
     other = Scripted(liked={"B"})
     other.identity = {"kind": "scripted", "temperature": 1.0}
@@ -179,8 +189,18 @@ def test_cache_second_run_makes_no_backend_call(tmp_path):
 
 def _settings(**overrides):
     values = dict(
-        kind="local", model="tiny-random", base_url=None, api_key_env="OPENAI_API_KEY", temperature=0.0,
-        seed=0, max_tokens=64, reason_tokens=6, batch_size=3, concurrency=4, max_retries=3, backoff_s=0.01,
+        kind="local",
+        model="tiny-random",
+        base_url=None,
+        api_key_env="OPENAI_API_KEY",
+        temperature=0.0,
+        seed=0,
+        max_tokens=64,
+        reason_tokens=6,
+        batch_size=3,
+        concurrency=4,
+        max_retries=3,
+        backoff_s=0.01,
         timeout_s=30.0,
     )
     values.update(overrides)
@@ -205,3 +225,13 @@ def test_local_backend_answers_are_options_and_batch_independent(tokenizer, tiny
     assert [r.choice for r in alone] == [r.choice for r in together]
     assert [r.reason for r in alone] == [r.reason for r in together]
     assert backend.stats.calls == 8 and backend.stats.prompt_tokens > 0
+
+
+def test_best_threshold_hand_worked():
+    from flowrec.afl.run import best_threshold
+
+    scores = np.array([0.9, 0.8, 0.8, 0.3, 0.1])
+    positive = np.array([True, False, True, False, False])
+    # t=0.9: P 1, R 1/2, F1 2/3; t=0.8: P 2/3, R 1, F1 0.8; t=0.3: F1 2/3; t=0.1: F1 4/7.
+    assert best_threshold(scores, positive) == 0.8
+    assert best_threshold(np.array([0.5, 0.2]), np.array([True, False])) == 0.5

@@ -90,8 +90,18 @@ def _completion(body: dict) -> dict:
 
 def _settings(url, **overrides):
     values = dict(
-        kind="openai", model="scripted-model", base_url=url, api_key_env="FLOWREC_TEST_KEY", temperature=0.0,
-        seed=7, max_tokens=64, reason_tokens=8, batch_size=4, concurrency=3, max_retries=3, backoff_s=0.01,
+        kind="openai",
+        model="scripted-model",
+        base_url=url,
+        api_key_env="FLOWREC_TEST_KEY",
+        temperature=0.0,
+        seed=7,
+        max_tokens=64,
+        reason_tokens=8,
+        batch_size=4,
+        concurrency=3,
+        max_retries=3,
+        backoff_s=0.01,
         timeout_s=10.0,
     )
     values.update(overrides)

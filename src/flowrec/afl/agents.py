@@ -101,7 +101,9 @@ def rec_request(
     if suggestion is not None:
         parts.append(f"A recommendation model trained on many users suggests: {suggestion}")
     if memory:
-        parts.append(f"Earlier rounds (do not recommend a rejected {w['item']} again):\n{rec_memory_text(memory)}")
+        parts.append(
+            f"Earlier rounds (do not recommend a rejected {w['item']} again):\n{rec_memory_text(memory)}"
+        )
     # An answer that names no candidate falls back to the recommendation model's suggestion.
     fallback = suggestion if suggestion in candidates else candidates[0]
     return Request(system, "\n\n".join(parts), field="Item", options=tuple(candidates), fallback=fallback)

@@ -77,14 +77,21 @@ class OpenAIBackend:
         import openai  # optional dependency: only this backend needs it
 
         self.settings = settings
-        self._errors = (openai.APIConnectionError, openai.APITimeoutError, openai.RateLimitError, openai.InternalServerError)
+        self._errors = (
+            openai.APIConnectionError,
+            openai.APITimeoutError,
+            openai.RateLimitError,
+            openai.InternalServerError,
+        )
         if client is None:
             base_url = settings.base_url or os.environ.get("OPENAI_BASE_URL")
             if not base_url:
                 raise ValueError("afl.backend.base_url is null and $OPENAI_BASE_URL is not set")
             key = os.environ.get(settings.api_key_env)
             if key is None:
-                raise ValueError(f"afl.backend: environment variable {settings.api_key_env} (the API key) is not set")
+                raise ValueError(
+                    f"afl.backend: environment variable {settings.api_key_env} (the API key) is not set"
+                )
             # Retries are ours (counted, with our backoff), not the client's.
             client = openai.OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=settings.timeout_s)
         self.client = client

@@ -38,7 +38,9 @@ def candidate_lists(split: SplitArrays, rows: np.ndarray, n_items: int, n: int, 
     return out
 
 
-def simulation_items(split: SplitArrays, rows: np.ndarray, n_items: int, max_ratio: int, seed: int) -> np.ndarray:
+def simulation_items(
+    split: SplitArrays, rows: np.ndarray, n_items: int, max_ratio: int, seed: int
+) -> np.ndarray:
     """(len(rows), 1 + max_ratio) item ids to judge: column 0 the true next item, then `max_ratio`
     negatives. The ratio 1:r uses columns 0..r, so the three ratios share their judgements."""
     rng = np.random.default_rng([seed, max_ratio])

@@ -102,7 +102,9 @@ class LocalBackend:
             valid &= ((mine >= start) & (mine < end) & (mine >= 0)).any(-1)
             scores = logits.float().gather(1, tokens).masked_fill(~valid, float("-inf"))
             scores[:, 0] = torch.where(finished, 0.0, scores[:, 0])  # finished rows: any column
-            token = torch.where(finished, self.pad_id, tokens.gather(1, self._pick(scores)[:, None]).squeeze(1))
+            token = torch.where(
+                finished, self.pad_id, tokens.gather(1, self._pick(scores)[:, None]).squeeze(1)
+            )
             nodes = torch.where(finished, nodes, trie.step(nodes, token))
             finished |= trie.is_leaf(nodes)
             if bool(finished.all()):
@@ -121,9 +123,13 @@ class LocalBackend:
             batch = requests[lo : lo + size]
             prompts = [self._prompt(r) for r in batch]
             reasons = self._reasons(prompts)
-            second = [p + r + self._ids(f"\n{q.field}:") for p, r, q in zip(prompts, reasons, batch, strict=True)]
+            second = [
+                p + r + self._ids(f"\n{q.field}:") for p, r, q in zip(prompts, reasons, batch, strict=True)
+            ]
             choices = self._choose(second, [q.options for q in batch])
-            for request, prompt, reason, choice, answer in zip(batch, prompts, reasons, choices, second, strict=True):
+            for request, prompt, reason, choice, answer in zip(
+                batch, prompts, reasons, choices, second, strict=True
+            ):
                 text = self.tokenizer.decode(reason, skip_special_tokens=True).strip()
                 replies.append(
                     Reply(
@@ -133,7 +139,9 @@ class LocalBackend:
                         text=f"Reason: {text}\n{request.field}: {choice}",
                         prompt_tokens=len(prompt),
                         # the reason, the "<Field>:" turn and the decoded option
-                        completion_tokens=len(answer) - len(prompt) + len(_spaced_ids(self.tokenizer, choice)),
+                        completion_tokens=len(answer)
+                        - len(prompt)
+                        + len(_spaced_ids(self.tokenizer, choice)),
                     )
                 )
         self.stats.calls += len(requests)

@@ -45,7 +45,9 @@ def _checked(replies: list[Reply], requests: list[Request]) -> list[Reply]:
         raise RuntimeError(f"backend returned {len(replies)} replies for {len(requests)} requests")
     for reply, request in zip(replies, requests, strict=True):
         if reply.choice not in request.options:
-            raise RuntimeError(f"backend answered {reply.choice!r}, not one of the {len(request.options)} options")
+            raise RuntimeError(
+                f"backend answered {reply.choice!r}, not one of the {len(request.options)} options"
+            )
     return replies
 
 
