@@ -180,6 +180,23 @@ def test_cache_second_run_makes_no_backend_call(tmp_path):
     assert [(o.final, o.rounds, o.accepted) for o in first] == [
         (o.final, o.rounds, o.accepted) for o in second
     ]
+
+    # An interrupted run keeps every chunk answered before the failure.
+    class Failing(Scripted):
+        def __call__(self, requests):
+            if self.stats.calls >= 2:
+                raise RuntimeError("interrupted")
+            return super().__call__(requests)
+
+    failing = Failing(liked=set())
+    failing.identity = {"kind": "scripted", "run": 2}
+    requests = [rec_request("movie", ["H"], [f"C{i}", "D"], None, []) for i in range(5)]
+    with pytest.raises(RuntimeError, match="interrupted"):
+        CachedBackend(failing, tmp_path, chunk=2)(requests)
+    resumed = CachedBackend(Scripted(liked=set()), tmp_path, chunk=2)
+    resumed.identity = failing.identity
+    resumed(requests)
+    assert (resumed.hits, resumed.misses) == (2, 3)
     # Another backend identity (e.g. another temperature) is another key: it calls again.
     other = Scripted(liked={"B"})
     other.identity = {"kind": "scripted", "temperature": 1.0}

@@ -24,10 +24,14 @@ def call_key(request: Request, identity: dict) -> str:
 
 
 class CachedBackend:
-    """Wraps a backend: cached requests are answered from `folder`, the rest go to the backend in one
-    batch. `hits` and `misses` count requests."""
+    """Wraps a backend: cached requests are answered from `folder`, the rest go to the backend `chunk`
+    at a time, each chunk stored as soon as it is answered (an interrupted run keeps what it paid for).
+    `hits` and `misses` count requests."""
 
-    def __init__(self, backend: LLMBackend, folder: str | Path):
+    def __init__(self, backend: LLMBackend, folder: str | Path, chunk: int = 8):
+        if chunk < 1:
+            raise ValueError(f"cache chunk must be at least 1, got {chunk}")
+        self.chunk = chunk
         self.backend = backend
         self.folder = Path(folder)
         self.identity = backend.identity
@@ -47,9 +51,10 @@ class CachedBackend:
         todo = [i for i, r in enumerate(replies) if r is None]
         self.hits += len(requests) - len(todo)
         self.misses += len(todo)
-        if todo:
-            fresh = self.backend([requests[i] for i in todo])
-            for i, reply in zip(todo, fresh, strict=True):
+        for lo in range(0, len(todo), self.chunk):
+            part = todo[lo : lo + self.chunk]
+            fresh = self.backend([requests[i] for i in part])
+            for i, reply in zip(part, fresh, strict=True):
                 write_json(asdict(reply), self._path(keys[i]))
                 replies[i] = reply
         return replies  # type: ignore[return-value]

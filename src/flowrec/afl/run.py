@@ -46,7 +46,9 @@ FALLBACKS = {
 
 
 def _backend(settings: BackendSettings, cache: str, threads: int) -> CachedBackend:
-    return CachedBackend(make_backend(settings, threads=threads), cache)
+    # One chunk = one local batch, or one round of requests in flight for an endpoint.
+    chunk = settings.batch_size if settings.kind == "local" else settings.concurrency
+    return CachedBackend(make_backend(settings, threads=threads), cache, chunk=chunk)
 
 
 def _usage(backend: CachedBackend | None, seconds: float) -> dict:
