@@ -19,6 +19,7 @@ include: "rules/tune.smk"
 include: "rules/infer.smk"
 include: "rules/evaluate.smk"
 include: "rules/distfit.smk"
+include: "rules/afl.smk"
 include: "rules/report.smk"
 
 

@@ -37,9 +37,16 @@ if os.path.exists("results") and not os.path.isdir("results"):
     raise ValueError(f"results is not a folder ({os.path.abspath('results')}): move it away; outputs go there")
 
 DATASETS = list(config["active_datasets"])
-_unknown = [d for d in DATASETS + list(config["distfit"]["datasets"]) if d not in config["datasets"]]
+_AFL = config.get("afl", {})
+_unknown = [
+    d
+    for d in DATASETS + list(config["distfit"]["datasets"]) + list(_AFL.get("datasets", []))
+    if d not in config["datasets"]
+]
 if _unknown:
-    raise ValueError(f"config: active_datasets/distfit.datasets name {_unknown}, not keys of `datasets`")
+    raise ValueError(
+        f"config: active_datasets/distfit.datasets/afl.datasets name {_unknown}, not keys of `datasets`"
+    )
 TUNED_METHODS = ["bigrec", "ifairlrs", "flower"]
 # Decoded methods: name -> the tuned model it decodes with.
 DECODED_METHODS = {
@@ -57,8 +64,10 @@ DISTFIT_ROWS = ["base", *DISTFIT_TUNED]
 
 
 wildcard_constraints:
-    dataset="|".join(sorted(set(DATASETS) | set(config["distfit"]["datasets"]))),
+    dataset="|".join(sorted(set(DATASETS) | set(config["distfit"]["datasets"]) | set(_AFL.get("datasets", [])))),
     method="|".join(sorted(set(TABLE_METHODS) | set(DISTFIT_ROWS))),
+    recmodel="sasrec|gru4rec|caser",
+    variant="base|agent|afl|afl_norec|afl_noreward|afl_none|reward_model|user_agent",
 
 
 def get_dataset_settings(wildcards):
@@ -78,6 +87,8 @@ def get_final_outputs():
         ]
     for dataset in config["distfit"]["datasets"]:
         outputs += [f"results/{dataset}/distfit/table.csv", f"results/{dataset}/distfit/figure.png"]
+    for dataset in _AFL.get("datasets", []):
+        outputs += [f"results/{dataset}/afl/table.csv", f"results/{dataset}/afl/table.md"]
     return outputs
 
 
@@ -211,3 +222,51 @@ def get_distfit_generate_inputs(wildcards):
     if wildcards.method == "base":
         return {}
     return {"model": f"results/{wildcards.dataset}/distfit/{wildcards.method}/model"}
+
+
+# --- AFL (rules/afl.smk) ---
+# The afl keys each rule uses: a change reruns that rule and what depends on it, nothing else.
+_AFL_CANDIDATE_KEYS = ("users", "n_candidates", "ratios", "seed")
+_AFL_RUN_KEYS = ("max_rounds",)
+_AFL_SIMULATE_KEYS = ("max_rounds", "ratios", "valid_users", "seed")
+_AFL_ABLATIONS = ("afl_norec", "afl_noreward", "afl_none")
+
+
+def get_afl_settings(keys):
+    return {key: config["afl"][key] for key in keys}
+
+
+def get_afl_backend(wildcards):
+    """The backend block for the rows that call the LLM; the base row and the reward-model row call
+    none, so a backend setting does not rerun them."""
+    return None if wildcards.variant in ("base", "reward_model") else config["afl"]["backend"]
+
+
+def get_afl_domain(wildcards):
+    """Prompt wording: movies for MovieLens, products for Amazon and imports (flowrec.afl.data)."""
+    return "movie" if config["datasets"][wildcards.dataset]["source"] == "movielens" else "product"
+
+
+def get_afl_rec_p_ui(wildcards):
+    """p_ui of the test split from the recommendation model: SASRec's own rule, or afl_train_recmodel."""
+    if wildcards.recmodel == "sasrec":
+        return f"results/{wildcards.dataset}/sasrec/p_ui_test.npy"
+    return f"results/{wildcards.dataset}/afl/recmodels/{wildcards.recmodel}/p_ui_test.npy"
+
+
+def get_afl_recommend_outputs(wildcards):
+    """Every recommendation model with the main rows; the ablations with the first model only."""
+    block = config["afl"]
+    first = block["rec_models"][0]
+    files = []
+    for model in block["rec_models"]:
+        for variant in block["variants"]:
+            if variant in _AFL_ABLATIONS and model != first:
+                continue
+            files.append(f"results/{wildcards.dataset}/afl/recommend/{model}/{variant}.json")
+    return files
+
+
+def get_afl_runtime(wildcards):
+    """Minutes of an LLM-calling AFL job at the paper's scale (thousands of calls to an endpoint)."""
+    return 5 if wildcards.variant in ("base", "reward_model") else 600

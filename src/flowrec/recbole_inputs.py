@@ -50,9 +50,32 @@ def write_atomic_files(splits: dict[str, SplitArrays], n_items: int, folder: Pat
     )
 
 
-def recbole_config(settings: SasrecSettings, data_root: Path, name: str, max_len: int) -> Config:
-    """RecBole Config for pre-split sequential data on CPU, mirroring `settings`."""
+def recbole_config(
+    settings: SasrecSettings,
+    data_root: Path,
+    name: str,
+    max_len: int,
+    model_class: type = SASRec,
+    model_keys: dict | None = None,
+) -> Config:
+    """RecBole Config for pre-split sequential data on CPU, mirroring `settings`.
+
+    Another sequential model (flowrec.afl.recmodels: GRU4Rec, Caser) passes its class and its own
+    architecture keys as `model_keys`, which replace SASRec's; the training keys come from `settings`.
+    """
     bce = settings.loss == "BCE"
+    architecture = (
+        model_keys
+        if model_keys is not None
+        else {
+            "hidden_size": settings.hidden_size,
+            "n_layers": settings.n_layers,
+            "n_heads": settings.n_heads,
+            "inner_size": settings.inner_size,
+            "hidden_dropout_prob": settings.dropout,
+            "attn_dropout_prob": settings.dropout,
+        }
+    )
     config_dict = {
         "data_path": str(data_root),
         "checkpoint_dir": str(data_root / "saved"),
@@ -67,12 +90,7 @@ def recbole_config(settings: SasrecSettings, data_root: Path, name: str, max_len
         "eval_args": {"order": "TO", "mode": "full", "group_by": "user", "split": None},
         "train_neg_sample_args": {"distribution": "uniform", "sample_num": 1} if bce else None,
         "loss_type": "BPR" if bce else "CE",
-        "hidden_size": settings.hidden_size,
-        "n_layers": settings.n_layers,
-        "n_heads": settings.n_heads,
-        "inner_size": settings.inner_size,
-        "hidden_dropout_prob": settings.dropout,
-        "attn_dropout_prob": settings.dropout,
+        **architecture,
         "learning_rate": settings.learning_rate,
         "weight_decay": settings.weight_decay,
         "train_batch_size": settings.batch_size,
@@ -96,7 +114,7 @@ def recbole_config(settings: SasrecSettings, data_root: Path, name: str, max_len
     saved = os.environ.get("CUDA_VISIBLE_DEVICES")
     try:
         with mock.patch.object(sys, "argv", sys.argv[:1]):
-            return Config(model=SASRec, dataset=name, config_dict=config_dict)
+            return Config(model=model_class, dataset=name, config_dict=config_dict)
     finally:
         if saved is None:
             os.environ.pop("CUDA_VISIBLE_DEVICES", None)

@@ -166,9 +166,17 @@ class SelectOnValid(Trainer):
 
 
 def train_sasrec(
-    splits: dict[str, SplitArrays], n_items: int, settings: SasrecSettings, threads: int = 1
+    splits: dict[str, SplitArrays],
+    n_items: int,
+    settings: SasrecSettings,
+    threads: int = 1,
+    model_class: type | None = None,
+    model_keys: dict | None = None,
 ) -> TrainedSasrec:
     """Train SASRec on `splits` (train/valid/test) with RecBole; best epoch by valid NDCG@10.
+
+    Another RecBole sequential model whose forward takes (item_seq, item_seq_len) trains the same way
+    with `model_class` and its architecture keys `model_keys` (flowrec.afl.recmodels: GRU4Rec, Caser).
 
     Same seed and thread count -> same model on CPU (RecBole's init_seed with reproducibility on, its
     data loader's seeded generator).
@@ -193,7 +201,7 @@ def train_sasrec(
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"recbole\.")
         root = Path(tmp)
         write_atomic_files(splits, n_items, root / name, name)
-        config = recbole_config(settings, root, name, max_len)
+        config = recbole_config(settings, root, name, max_len, model_class or SASRec, model_keys)
         init_seed(settings.seed, reproducibility=True)
         dataset = create_dataset(config)
         log.info("RecBole dataset: %s", str(dataset).replace("\n", " | "))
@@ -207,7 +215,7 @@ def train_sasrec(
         recbole_id[ours] = np.arange(1, len(tokens))
 
         init_seed(settings.seed, reproducibility=True)
-        model_class = SASRecBCE if settings.loss == "BCE" else SASRec
+        model_class = model_class or (SASRecBCE if settings.loss == "BCE" else SASRec)
         model = model_class(config, train_data.dataset).to(config["device"])
         log.info("%s", model)
         trained = TrainedSasrec(
