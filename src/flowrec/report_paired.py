@@ -67,8 +67,9 @@ def plot_paired_differences(long: pd.DataFrame, path: str, baseline: str, title:
     for ax, metric in zip(axes, metrics, strict=False):
         rows = long[long["metric"] == metric].set_index("Method").loc[methods]
         d = rows["difference"].to_numpy(float)
-        err = np.stack([d - rows["lo"].to_numpy(float), rows["hi"].to_numpy(float) - d])
-        ax.errorbar(d, y, xerr=err, fmt="none", ecolor="tab:blue", capsize=2, lw=1)
+        # the interval as a segment: a percentile interval of a statistic that resampling biases (H,
+        # TTR, coverage count distinct words or titles) need not contain the observed difference
+        ax.hlines(y, rows["lo"].to_numpy(float), rows["hi"].to_numpy(float), color="tab:blue", lw=1.2)
         excl = rows["excludes_zero"].to_numpy(bool)
         ax.scatter(d[excl], y[excl], color="tab:blue", zorder=3, s=16)
         ax.scatter(d[~excl], y[~excl], facecolors="white", edgecolors="tab:blue", zorder=3, s=16)

@@ -15,10 +15,12 @@ def test_tiny_workflow_writes_every_table_row(tiny_workflow):
     table = pd.read_csv(tiny_workflow / "results/ml100k/tables/results.csv", index_col="Method")
     assert list(table.index[:3]) == ["Random", "MostPop", "SASRec"] and len(table) == 9, table
     assert table.notna().all().all(), table
-    # every metric with its bootstrap interval around it
+    # every metric with its bootstrap interval (a mean's interval holds the mean; resampling lowers
+    # counts of distinct words and titles, so H, TTR and coverage may lie above theirs)
     for metric in ("HR@1", "NDCG@3", "DGU@3", "H", "TTR"):
-        assert (table[f"{metric}_lo"] <= table[metric] + 1e-12).all(), metric
-        assert (table[metric] <= table[f"{metric}_hi"] + 1e-12).all(), metric
+        assert (table[f"{metric}_lo"] <= table[f"{metric}_hi"]).all(), metric
+    for metric in ("HR@1", "NDCG@3"):
+        assert table[metric].between(table[f"{metric}_lo"] - 1e-12, table[f"{metric}_hi"] + 1e-12).all()
     paired = pd.read_csv(tiny_workflow / "results/ml100k/tables/paired.csv")
     assert set(paired["Method"]) == set(table.index) - {"BIGRec"}
     assert (paired["lo"] <= paired["hi"]).all()
