@@ -57,7 +57,9 @@ DECODED_METHODS = {
     "ifairlrs": "ifairlrs",
     "flower": "flower",
 }
-TABLE_METHODS = ["sasrec", *DECODED_METHODS]
+# Reference rows (rules/evaluate.smk): what a hit is worth at this scale.
+REFERENCE_METHODS = ["random", "mostpop"]
+TABLE_METHODS = [*REFERENCE_METHODS, "sasrec", *DECODED_METHODS]
 # trl 1.16 ships no PPO trainer, so the reward-maximising RL row is GRPO (flowrec.distfit.trl).
 DISTFIT_TUNED = ["sft", "dpo", "grpo", "flower"]
 DISTFIT_ROWS = ["base", *DISTFIT_TUNED]
@@ -82,6 +84,7 @@ def get_final_outputs():
     for dataset in DATASETS:
         outputs += [
             f"results/{dataset}/tables/results.csv",
+            f"results/{dataset}/figures/paired_differences.png",
             f"results/{dataset}/figures/popularity_groups.png",
             f"results/{dataset}/figures/flower_training.png",
         ]

@@ -108,6 +108,8 @@ rule distfit_table:
         "benchmarks/distfit_table/{dataset}.tsv"
     params:
         methods=DISTFIT_ROWS,
+        # the bootstrap settings only: a change of metrics.ks does not redo this table
+        metrics={key: config["metrics"][key] for key in ("bootstrap_draws", "bootstrap_seed", "confidence")},
     threads: 1
     resources:
         mem_mb=1000,

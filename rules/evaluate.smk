@@ -1,4 +1,5 @@
-# Metrics of every method's test predictions (docs/method.md section 6): HR/NDCG, DGU/MGU, H/TTR, coverage.
+# Metrics of every method's test predictions (docs/method.md section 6): HR/NDCG, DGU/MGU, H/TTR, coverage,
+# each with a bootstrap interval; and the reference rows Random and MostPop (docs/method.md section 5).
 
 
 # Refuse at workflow start any @K above the returned list (the published code reported @20 from 10 beams).
@@ -9,6 +10,33 @@ for _name in ("ks", "fairness_ks"):
             f"config: metrics.{_name} {config['metrics'][_name]} has K={_too_large} larger than "
             f"decode.num_return={config['decode']['num_return']}; lower the K or return more titles"
         )
+
+
+rule predict_reference:
+    wildcard_constraints:
+        method="|".join(REFERENCE_METHODS),
+    input:
+        item_table="results/{dataset}/data/items.parquet",
+        train="results/{dataset}/data/train.parquet",
+        test="results/{dataset}/data/test.parquet",
+        code=code_of("flowrec.stages.predict_reference"),
+    output:
+        predictions="results/{dataset}/predictions/{method}.parquet",
+    log:
+        "logs/predict_reference/{dataset}/{method}.log",
+    benchmark:
+        "benchmarks/predict_reference/{dataset}/{method}.tsv"
+    params:
+        num_return=config["decode"]["num_return"],
+        seed=config["reference"]["seed"],
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/report.yaml"
+    script:
+        "../src/flowrec/stages/predict_reference.py"
 
 
 rule evaluate_method:
@@ -23,6 +51,7 @@ rule evaluate_method:
         code=code_of("flowrec.stages.evaluate_method"),
     output:
         metrics_json="results/{dataset}/metrics/{method}.json",
+        samples="results/{dataset}/metrics/samples/{method}.parquet",
     log:
         "logs/evaluate_method/{dataset}/{method}.log",
     benchmark:

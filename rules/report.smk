@@ -4,6 +4,7 @@
 rule make_tables:
     input:
         metrics=expand("results/{{dataset}}/metrics/{method}.json", method=TABLE_METHODS),
+        samples=expand("results/{{dataset}}/metrics/samples/{method}.parquet", method=TABLE_METHODS),
         code=code_of("flowrec.stages.make_tables"),
     output:
         csv=report(
@@ -13,16 +14,30 @@ rule make_tables:
             subcategory="{dataset}",
         ),
         md="results/{dataset}/tables/results.md",
+        paired_csv=report(
+            "results/{dataset}/tables/paired.csv",
+            caption="../report/paired_table.rst",
+            category="Results",
+            subcategory="{dataset}",
+        ),
+        paired_figure=report(
+            "results/{dataset}/figures/paired_differences.png",
+            caption="../report/paired_differences.rst",
+            category="Figures",
+            subcategory="{dataset}",
+        ),
     log:
         "logs/make_tables/{dataset}.log",
     benchmark:
         "benchmarks/make_tables/{dataset}.tsv"
     params:
         methods=TABLE_METHODS,
+        metrics_settings=config["metrics"],
+        baseline="bigrec",
     threads: 1
     resources:
-        mem_mb=1000,
-        runtime=5,
+        mem_mb=4000,
+        runtime=10,
     conda:
         "../envs/report.yaml"
     script:

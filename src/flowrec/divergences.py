@@ -121,3 +121,27 @@ def distribution_divergences(
     out["generated"] = float(len(generated_titles))
     out["in_target"] = float(np.mean([t in target for t in generated_titles])) if generated_titles else 0.0
     return out
+
+
+def kl_rows(p_counts: np.ndarray, q_counts: np.ndarray, smoothing: float = KL_SMOOTHING) -> np.ndarray:
+    """kl_divergence for every row of (rows, S) count matrices over one support (a bootstrap's draws);
+    a 1-d side is shared by every row. Same smoothing and log as kl_divergence."""
+    p = np.asarray(p_counts, np.float64) + smoothing
+    q = np.asarray(q_counts, np.float64) + smoothing
+    p, q = np.broadcast_arrays(p / p.sum(axis=-1, keepdims=True), q / q.sum(axis=-1, keepdims=True))
+    ratio = np.divide(p, q, out=np.ones_like(p), where=p > 0)
+    return np.where(p > 0, p * np.log(ratio), 0.0).sum(axis=-1)
+
+
+def js_rows(p_counts: np.ndarray, q_counts: np.ndarray) -> np.ndarray:
+    """js_divergence for every row of (rows, S) count matrices over one support (1-d sides broadcast)."""
+    p = np.asarray(p_counts, np.float64)
+    q = np.asarray(q_counts, np.float64)
+    p, q = np.broadcast_arrays(p / p.sum(axis=-1, keepdims=True), q / q.sum(axis=-1, keepdims=True))
+    m = (p + q) / 2
+
+    def _kl_to_m(x: np.ndarray) -> np.ndarray:
+        ratio = np.divide(x, m, out=np.ones_like(x), where=x > 0)
+        return np.where(x > 0, x * np.log(ratio), 0.0).sum(axis=-1)
+
+    return (_kl_to_m(p) + _kl_to_m(q)) / 2

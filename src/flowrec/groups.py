@@ -41,14 +41,30 @@ def _flat_items(train_histories) -> np.ndarray:
     return np.concatenate([np.asarray(h, dtype=np.int64).reshape(-1) for h in rows])
 
 
-def title_history_counts(train_histories, item_title: np.ndarray, n_titles: int) -> np.ndarray:
-    """(n_titles,) int64: occurrences of each title in the training histories."""
+def _history_titles(train_histories, item_title: np.ndarray) -> np.ndarray:
+    """Title id of every history entry, in split order (samples in file order, each history oldest first)."""
     items = _flat_items(train_histories)
     if len(items) and (items.min() < 0 or items.max() >= len(item_title)):
         raise ValueError(
             f"train histories: item ids must lie in [0, {len(item_title)}), got {items.min()}..{items.max()}"
         )
-    return np.bincount(np.asarray(item_title, dtype=np.int64)[items], minlength=n_titles).astype(np.int64)
+    return np.asarray(item_title, dtype=np.int64)[items]
+
+
+def title_history_counts(train_histories, item_title: np.ndarray, n_titles: int) -> np.ndarray:
+    """(n_titles,) int64: occurrences of each title in the training histories."""
+    return np.bincount(_history_titles(train_histories, item_title), minlength=n_titles).astype(np.int64)
+
+
+def title_first_seen(train_histories, item_title: np.ndarray, n_titles: int) -> np.ndarray:
+    """(n_titles,) int64: position of each title's first occurrence in the training histories read in
+    split order (samples in file order, each history oldest first); titles never seen get the number of
+    history entries (after every seen title). The tie-break of popularity_groups."""
+    titles = _history_titles(train_histories, item_title)
+    first = np.full(n_titles, len(titles), dtype=np.int64)
+    seen, index = np.unique(titles, return_index=True)  # index: first position of each distinct title
+    first[seen] = index
+    return first
 
 
 def title_rewards_from_histories(train_histories, item_title: np.ndarray, n_titles: int) -> np.ndarray:
@@ -57,23 +73,30 @@ def title_rewards_from_histories(train_histories, item_title: np.ndarray, n_titl
     return title_history_counts(train_histories, item_title, n_titles).astype(np.float64)
 
 
-def popularity_groups(title_frequency: Sequence[int] | np.ndarray, n_groups: int) -> np.ndarray:
+def popularity_groups(
+    title_frequency: Sequence[int] | np.ndarray, n_groups: int, first_seen: Sequence[int] | np.ndarray
+) -> np.ndarray:
     """(n_titles,) int64 group per title: 0 = most popular ... n_groups - 1 = least popular.
 
-    Titles seen in training histories are sorted by frequency (descending; ties by title id) and cut
-    into `n_groups` groups of equal size (np.array_split: sizes differ by at most one, larger first).
-    Every title absent from the training histories (frequency 0) goes to the last group, even when
-    that makes it larger than the others (docs/method.md section 6). With fewer seen titles than groups some
-    groups stay empty.
+    Titles seen in training histories are sorted by frequency (descending) and cut into `n_groups`
+    groups of equal size (np.array_split: sizes differ by at most one, larger first). Titles of equal
+    frequency keep the order of their first appearance in the training histories (`first_seen`, from
+    title_first_seen): the published preprocessing counts titles in a dict filled in history order and
+    sorts it stably, so this reproduces its groups (docs/method.md section 6). Every title absent from
+    the training histories (frequency 0) goes to the last group, even when that makes it larger than the
+    others. With fewer seen titles than groups some groups stay empty.
     """
     freq = np.asarray(title_frequency)
+    first = np.asarray(first_seen)
     if freq.ndim != 1 or np.any(freq < 0):
         raise ValueError("title_frequency: expected a 1-d array of non-negative counts")
+    if first.shape != freq.shape:
+        raise ValueError(f"first_seen: shape {first.shape}, expected {freq.shape} (one per title)")
     if n_groups < 1:
         raise ValueError(f"n_groups: expected >= 1, got {n_groups}")
     groups = np.full(len(freq), n_groups - 1, dtype=np.int64)
     seen = np.flatnonzero(freq > 0)
-    ranked = seen[np.argsort(-freq[seen], kind="stable")]
+    ranked = seen[np.lexsort((first[seen], -freq[seen]))]  # last key is primary: frequency, then first seen
     for g, members in enumerate(np.array_split(ranked, n_groups)):
         groups[members] = g
     return groups

@@ -36,6 +36,9 @@ class MetricsSettings:
 
     ks: list[int]  # cut-offs for HR and NDCG (each <= decode.num_return)
     fairness_ks: list[int]  # cut-offs for DGU and MGU (each <= decode.num_return)
+    bootstrap_draws: int  # resamples of the test samples per interval (flowrec.bootstrap)
+    bootstrap_seed: int  # seed of the resampling index matrix
+    confidence: float  # level of the percentile intervals (0.95)
 
 
 def check_cutoffs(ks: Sequence[int], fairness_ks: Sequence[int], num_return: int) -> None:
@@ -194,20 +197,31 @@ def evaluate_rankings(
     return out
 
 
-def evaluate_prediction_files(
+@dataclass(frozen=True)
+class ScoringInputs:
+    """What scoring one predictions file needs, read and checked by read_scoring_inputs."""
+
+    sample_ids: np.ndarray  # test rows scored, ascending
+    rec_titles: list[list[str]]  # ranked titles per scored row
+    target_titles: list[str]  # target title per scored row
+    title_group: dict[str, int]  # popularity group of every title
+    data_shares: list[float]  # each group's share of the train histories
+    n_titles: int  # titles of the catalogue
+
+
+def read_scoring_inputs(
     predictions: str | Path,
     test: str | Path,
     items: str | Path,
     groups: str | Path,
     groups_json: str | Path,
-    settings: MetricsSettings,
-    list_k: int,
     subset: np.ndarray | None = None,
-) -> dict[str, object]:
-    """Score one predictions file (docs/formats.md) against the test targets.
+) -> ScoringInputs:
+    """Read one predictions file (docs/formats.md) with the test targets and the popularity groups.
 
-    subset None: the samples present in the file. Otherwise only those rows (SASRec predicts every
-    test sample; it is cut to the LLM methods' seeded subset), each of which must be present.
+    subset None: the samples present in the file. Otherwise only those rows (SASRec and the reference
+    rows predict every test sample; they are cut to the LLM methods' seeded subset), each of which must
+    be present.
     """
     pred = pd.read_parquet(predictions, columns=["sample", "titles"])
     n_test = pd.read_parquet(test, columns=["target"]).shape[0]
@@ -232,14 +246,34 @@ def evaluate_prediction_files(
     if len(unknown):
         raise ValueError(f"{test}: target item ids {unknown[:5]} are not in {items}")
     group_table = pd.read_parquet(groups, columns=["title", "group"])
-    shares = json.loads(Path(groups_json).read_text())["shares"]
-    title_group = dict(zip(group_table["title"], group_table["group"].astype(int), strict=True))
-    return evaluate_rankings(
+    return ScoringInputs(
+        sample_ids=pred["sample"].to_numpy(np.int64),
         rec_titles=[list(t) for t in pred["titles"]],
         target_titles=item_title.loc[targets].tolist(),
-        title_group=title_group,
-        data_shares=shares,
+        title_group=dict(zip(group_table["title"], group_table["group"].astype(int), strict=True)),
+        data_shares=[float(x) for x in json.loads(Path(groups_json).read_text())["shares"]],
         n_titles=len(group_table),
+    )
+
+
+def evaluate_prediction_files(
+    predictions: str | Path,
+    test: str | Path,
+    items: str | Path,
+    groups: str | Path,
+    groups_json: str | Path,
+    settings: MetricsSettings,
+    list_k: int,
+    subset: np.ndarray | None = None,
+) -> dict[str, object]:
+    """Score one predictions file (docs/formats.md) against the test targets (read_scoring_inputs)."""
+    inputs = read_scoring_inputs(predictions, test, items, groups, groups_json, subset)
+    return evaluate_rankings(
+        rec_titles=inputs.rec_titles,
+        target_titles=inputs.target_titles,
+        title_group=inputs.title_group,
+        data_shares=inputs.data_shares,
+        n_titles=inputs.n_titles,
         settings=settings,
         list_k=list_k,
     )

@@ -1,11 +1,13 @@
 """Result tables (CSV and Markdown) and figures (PNG) from the metrics files of the evaluate stage.
 
-Tables follow the paper's column order (NDCG@5, HR@5, DGU@10, MGU@10, H, TTR, then the rest) and
-row order (SASRec, BIGRec, Temp, D3, D3 without assistant, IFairLRS, Flower). The popularity figure is
-the paper's Figure 2: per method, the share of top-5 recommendations per popularity group beside
-each group's share of the training histories. The distribution-fitting figure is the paper's Figure 4
-(RQ1), the training curves those of every tuning run. Every plot of the pipeline is drawn here, and
-this module imports no torch: the figure stages run in envs/report.yaml.
+Tables follow the paper's column order (NDCG@5, HR@5, DGU@10, MGU@10, H, TTR, then the rest), each
+metric followed by the bounds of its bootstrap interval, and the paper's row order (SASRec, BIGRec,
+Temp, D3, D3 without assistant, IFairLRS, Flower) after the reference rows (Random, MostPop). The
+popularity figure is the paper's Figure 2: per method, the share of top-5 recommendations per
+popularity group beside each group's share of the training histories. The distribution-fitting figure
+is the paper's Figure 4 (RQ1), the training curves those of every tuning run. Every plot is drawn here
+or, for the paired comparisons, in flowrec.report_paired; neither imports torch (the figure stages
+run in envs/report.yaml).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from flowrec.io import atomic_path, write_text  # noqa: E402
 from flowrec.metrics import FIGURE_K  # noqa: E402
 
 METHOD_LABELS = {
+    "random": "Random",
+    "mostpop": "MostPop",
     "sasrec": "SASRec",
     "bigrec": "BIGRec",
     "temp": "Temp",
@@ -48,6 +52,15 @@ def method_label(method: str) -> str:
     return METHOD_LABELS.get(method, method)
 
 
+# Suffixes of a metric's interval bounds in the CSV tables (results.csv, all.csv).
+BOUNDS = ("_lo", "_hi")
+
+
+def base_metric(column: str) -> str:
+    """The metric of a column: `HR@5_lo` -> `HR@5`."""
+    return next((column[: -len(b)] for b in BOUNDS if column.endswith(b)), column)
+
+
 def _metric_key(column: str) -> tuple[int, int, str]:
     """Sort key: position in _REST_ORDER, then K, then name (unknown metrics last)."""
     name, _, k = column.partition("@")
@@ -56,18 +69,26 @@ def _metric_key(column: str) -> tuple[int, int, str]:
 
 
 def order_columns(columns: Sequence[str]) -> list[str]:
-    """The paper's columns that are present, in the paper's order, then every other column."""
-    first = [c for c in PAPER_COLUMNS if c in columns]
-    return first + sorted((c for c in columns if c not in first), key=_metric_key)
+    """The paper's columns that are present, in the paper's order, then every other column; each metric
+    followed by its interval bounds (`_lo`, `_hi`) when present."""
+    metrics = list(dict.fromkeys(base_metric(c) for c in columns))
+    first = [c for c in PAPER_COLUMNS if c in metrics]
+    ordered = first + sorted((c for c in metrics if c not in first), key=_metric_key)
+    return [c for m in ordered for c in (m, *(m + b for b in BOUNDS)) if c in columns]
 
 
 def scalar_metrics(metrics: Mapping[str, object]) -> dict[str, float]:
-    """The table cells of one metrics file: numbers only (lists such as group shares are for figures)."""
-    return {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    """The table cells of one metrics file: numbers, and the bounds of each metric's interval (`ci`,
+    as `{metric}_lo`, `{metric}_hi`); lists such as group shares are for figures."""
+    out = {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    for metric, (lo, hi) in dict(metrics.get("ci", {})).items():
+        out[f"{metric}_lo"], out[f"{metric}_hi"] = lo, hi
+    return out
 
 
 def results_table(metrics_by_method: Mapping[str, Mapping[str, object]]) -> pd.DataFrame:
-    """One row per method (paper order, unknown methods after), one column per metric (paper order)."""
+    """One row per method (paper order, unknown methods after), one column per metric (paper order),
+    each followed by its interval bounds."""
     order = [m for m in METHOD_LABELS if m in metrics_by_method]
     order += [m for m in metrics_by_method if m not in METHOD_LABELS]
     rows = {method_label(m): scalar_metrics(metrics_by_method[m]) for m in order}
@@ -91,7 +112,26 @@ def _format_cell(column: str, value: object) -> str:
         return str(value)
     if column == "samples":
         return str(int(value))
-    return f"{value:.{_DIGITS.get(column.partition('@')[0], 3)}f}"
+    return f"{value:.{_DIGITS.get(base_metric(column).partition('@')[0], 3)}f}"
+
+
+def with_intervals(table: pd.DataFrame) -> pd.DataFrame:
+    """Text cells `value [lo, hi]` for every metric with bound columns (the paper's precision); other
+    columns formatted as they are. For the Markdown tables."""
+    out = pd.DataFrame(index=table.index)
+    for column in table.columns:
+        if base_metric(column) != column:
+            continue
+        lo, hi = f"{column}_lo", f"{column}_hi"
+        cells = [_format_cell(column, v) for v in table[column]]
+        if lo in table.columns and hi in table.columns:
+            bounds = zip(table[lo], table[hi], strict=True)
+            cells = [
+                f"{c} [{_format_cell(column, a)}, {_format_cell(column, b)}]" if c else c
+                for c, (a, b) in zip(cells, bounds, strict=True)
+            ]
+        out[column] = cells
+    return out
 
 
 def to_markdown(table: pd.DataFrame, title: str | None = None) -> str:
@@ -108,10 +148,11 @@ def to_markdown(table: pd.DataFrame, title: str | None = None) -> str:
 def write_table(
     table: pd.DataFrame, csv_path: str | Path, md_path: str | Path, title: str | None = None
 ) -> None:
-    """The table as CSV (full precision) and Markdown (rounded), both written atomically."""
+    """The table as CSV (full precision) and Markdown (rounded, intervals in the metric's cell), both
+    written atomically."""
     with atomic_path(csv_path) as tmp:
         table.to_csv(tmp, index=bool(table.index.name))
-    write_text(to_markdown(table, title), md_path)
+    write_text(to_markdown(with_intervals(table), title), md_path)
 
 
 def read_metrics(paths_by_method: Mapping[str, str | Path]) -> dict[str, dict[str, object]]:

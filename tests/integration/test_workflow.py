@@ -12,9 +12,19 @@ pytestmark = pytest.mark.slow
 
 
 def test_tiny_workflow_writes_every_table_row(tiny_workflow):
-    table = pd.read_csv(tiny_workflow / "results/ml100k/tables/results.csv")
-    assert len(table) == 7, table
-    assert table.iloc[:, 1:].notna().all().all(), table
+    table = pd.read_csv(tiny_workflow / "results/ml100k/tables/results.csv", index_col="Method")
+    assert list(table.index[:3]) == ["Random", "MostPop", "SASRec"] and len(table) == 9, table
+    assert table.notna().all().all(), table
+    # every metric with its bootstrap interval (a mean's interval holds the mean; resampling lowers
+    # counts of distinct words and titles, so H, TTR and coverage may lie above theirs)
+    for metric in ("HR@1", "NDCG@3", "DGU@3", "H", "TTR"):
+        assert (table[f"{metric}_lo"] <= table[f"{metric}_hi"]).all(), metric
+    for metric in ("HR@1", "NDCG@3"):
+        assert table[metric].between(table[f"{metric}_lo"] - 1e-12, table[f"{metric}_hi"] + 1e-12).all()
+    paired = pd.read_csv(tiny_workflow / "results/ml100k/tables/paired.csv")
+    assert set(paired["Method"]) == set(table.index) - {"BIGRec"}
+    assert (paired["lo"] <= paired["hi"]).all()
+    assert (tiny_workflow / "results/ml100k/figures/paired_differences.png").stat().st_size > 1000
     combined = pd.read_csv(tiny_workflow / "results/tables/all.csv")
     assert len(combined) == len(table)
 
@@ -22,7 +32,17 @@ def test_tiny_workflow_writes_every_table_row(tiny_workflow):
 def test_predictions_name_real_items(tiny_workflow):
     items = pq.read_table(tiny_workflow / "results/ml100k/data/items.parquet").to_pandas()
     titles = set(items["title"])
-    for method in ["sasrec", "bigrec", "temp", "d3", "d3_noassist", "ifairlrs", "flower"]:
+    for method in [
+        "random",
+        "mostpop",
+        "sasrec",
+        "bigrec",
+        "temp",
+        "d3",
+        "d3_noassist",
+        "ifairlrs",
+        "flower",
+    ]:
         preds = pq.read_table(tiny_workflow / f"results/ml100k/predictions/{method}.parquet").to_pandas()
         assert len(preds) > 0
         for ranked in preds["titles"]:
@@ -44,6 +64,7 @@ def test_stats_and_distfit(tiny_workflow):
         "Flower",
     ]
     assert distfit["title_JS"].between(0, 0.7).all()  # JS in nats is at most ln 2
+    assert (distfit["title_JS_lo"] <= distfit["title_JS_hi"]).all()
 
 
 def test_nothing_left_to_do_and_report_builds(tiny_workflow):

@@ -263,3 +263,23 @@ def test_flower_sample_temperature_reaches_the_sampler(tiny, tmp_path, monkeypat
         assert seen["loss"].lambda_ == settings.lambda_ and seen["loss"].reward == "plain"
         assert seen["loss"].granularity == 1 and seen["name"] == "flower"
     assert DistfitSettings.from_block({}).sample_temperature == 1.0
+
+
+def test_distfit_bootstrap_draws_reproduce_the_table_and_bound_it():
+    """Unit weights give the table's sampled columns; the intervals contain the point values."""
+    from flowrec.distfit.evaluate import SAMPLED_COLUMNS, sampled_draws
+
+    trie = hand_trie()
+    target = {"a": 3.0, "b": 2.0, "c": 1.0}
+    titles = ["a", "a", "b", "c", "a", "b", "b", "a"]
+    table = divergence_table(target, {"sft": titles}, trie, bootstrap=(400, 0, 0.95))
+    row = table.iloc[0]
+    point = sampled_draws(target, titles, trie, np.ones((1, len(titles))))
+    for column in SAMPLED_COLUMNS:
+        assert point[column][0] == pytest.approx(row[column], abs=1e-12), column
+        assert row[f"{column}_lo"] <= row[column] <= row[f"{column}_hi"], column
+    assert row["title_JS_hi"] > row["title_JS_lo"] and "title_JS_exact_lo" not in table.columns
+    # every draw of a sample that is one title over and over has that title only
+    same = divergence_table(target, {"sft": ["a"] * 5}, trie, bootstrap=(50, 0, 0.95)).iloc[0]
+    assert same["distinct_lo"] == same["distinct_hi"] == 1.0
+    assert same["title_JS_lo"] == pytest.approx(same["title_JS"]) == pytest.approx(same["title_JS_hi"])

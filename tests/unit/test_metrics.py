@@ -112,7 +112,9 @@ def test_settings_reject_unknown_key():
 
 
 def test_evaluate_rankings_keys_and_truncation():
-    settings = MetricsSettings(ks=[1, 3], fairness_ks=[2])
+    settings = MetricsSettings(
+        ks=[1, 3], fairness_ks=[2], bootstrap_draws=10, bootstrap_seed=0, confidence=0.95
+    )
     lists = [["A", "B", "C", "D"], ["C", "D", "A", "B"]]
     out = evaluate_rankings(lists, ["D", "C"], TITLE_GROUP, DATA_SHARES, 5, settings, list_k=3)
     # list_k = 3 cuts D from the first list: HR@3 = 1/2 (only sample 2 at rank 0)
@@ -148,7 +150,9 @@ def test_evaluate_files_subset_and_duplicate_title(tmp_path):
         }
     )
     pred.to_parquet(tmp_path / "pred.parquet")
-    settings = MetricsSettings(ks=[1, 2], fairness_ks=[2])
+    settings = MetricsSettings(
+        ks=[1, 2], fairness_ks=[2], bootstrap_draws=10, bootstrap_seed=0, confidence=0.95
+    )
     full = evaluate_prediction_files(tmp_path / "pred.parquet", test, items, groups, groups_json, settings, 2)
     # targets by sample: A (item 2, shares title A), B, C, A, B, C; all ranks: 0, 1, -1, -1, 0, 0
     assert full["HR@2"] == pytest.approx(4 / 6) and full["HR@1"] == pytest.approx(3 / 6)
@@ -171,7 +175,13 @@ def test_evaluate_files_rejects_repeated_titles(tmp_path):
     ).to_parquet(tmp_path / "pred.parquet")
     with pytest.raises(ValueError, match="sample 0: titles are not distinct"):
         evaluate_prediction_files(
-            tmp_path / "pred.parquet", test, items, groups, groups_json, MetricsSettings([1], [1]), 2
+            tmp_path / "pred.parquet",
+            test,
+            items,
+            groups,
+            groups_json,
+            MetricsSettings([1], [1], 10, 0, 0.95),
+            2,
         )
 
 

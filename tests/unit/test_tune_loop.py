@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from flowrec.groups import group_shares, popularity_groups, title_history_counts
+from flowrec.groups import group_shares, popularity_groups, title_first_seen, title_history_counts
 from flowrec.model import load_tokenizer, tiny_random_model
 from flowrec.trie import build_trie
 from flowrec.tune.data import build_tune_data, group_weights
@@ -59,7 +59,8 @@ def dataset(tmp_path_factory, tokenizer):
     trie = build_trie(TITLES, tokenizer, train_split["history"])
     trie.save(root / "trie/trie.npz")
     freq = title_history_counts(train_split["history"], trie.item_title, trie.n_titles)
-    groups = popularity_groups(freq, 3)
+    first = title_first_seen(train_split["history"], trie.item_title, trie.n_titles)
+    groups = popularity_groups(freq, 3, first)
     pd.DataFrame(
         {"title": trie.titles, "title_id": np.arange(trie.n_titles), "frequency": freq, "group": groups}
     ).to_parquet(root / "trie/groups.parquet")

@@ -4,6 +4,8 @@ Every model (and the untuned base) samples titles at temperature 1 under the tri
 from the history-free prompt; the table compares T with the generated distribution R (title- and
 token-level KL both ways and JS, flowrec.divergences.distribution_divergences) and, free of sampling
 noise, with the model's exact constrained distribution over the titles (flowrec.sampling.title_log_probs).
+The sampled columns get percentile bootstrap intervals over resamples of the generated titles
+(sampled_draws; docs/method.md section 6).
 """
 
 from __future__ import annotations
@@ -11,11 +13,19 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 
+from flowrec.bootstrap import grouped_totals, percentile_interval, resample_weights
 from flowrec.distfit.methods import LABELS
-from flowrec.divergences import aligned_counts, distribution_divergences, js_divergence
+from flowrec.divergences import (
+    aligned_counts,
+    distribution_divergences,
+    js_divergence,
+    js_rows,
+    kl_rows,
+)
 from flowrec.sampling import sample_titles
 from flowrec.trie import Trie
 
@@ -35,11 +45,44 @@ def generate_titles(
     return [trie.titles[i] for i in ids.tolist()]
 
 
+SAMPLED_COLUMNS = [f"{lvl}_{m}" for lvl in ("title", "token") for m in ("KL_TR", "KL_RT", "JS")] + [
+    "distinct"
+]
+
+
+def sampled_draws(
+    target: Mapping[str, float], titles: Sequence[str], trie: Trie, weights: np.ndarray
+) -> dict[str, np.ndarray]:
+    """{column: (draws,)} of every sampled column under resampling weights (draws, len(titles)).
+
+    Every generated title lies in T (divergence_table checks), so the union support of T and R is T's
+    titles (and their tokens) in every draw: the divergences are computed over that fixed support, which
+    gives distribution_divergences' values (tests/unit/test_distfit.py checks it with unit weights).
+    """
+    names = list(target)
+    index = {t: i for i, t in enumerate(names)}
+    title_of = np.array([index[t] for t in titles], dtype=np.int64)
+    counts = grouped_totals(weights, np.arange(len(titles)), title_of, len(names))  # (draws, S)
+    target_counts = np.array([target[t] for t in names], dtype=np.float64)
+    tok = [np.asarray(trie.title_token_ids(trie.title_index[t]), dtype=np.int64) for t in names]
+    vocab, inverse = np.unique(np.concatenate(tok), return_inverse=True)
+    paths = np.zeros((len(names), len(vocab)))  # tokens of each title's path, with multiplicity
+    np.add.at(paths, (np.repeat(np.arange(len(names)), [len(t) for t in tok]), inverse), 1.0)
+    out = {}
+    for level, t, r in (("title", target_counts, counts), ("token", target_counts @ paths, counts @ paths)):
+        out[f"{level}_KL_TR"] = kl_rows(t, r)
+        out[f"{level}_KL_RT"] = kl_rows(r, t)
+        out[f"{level}_JS"] = js_rows(t, r)
+    out["distinct"] = (counts > 0).sum(axis=1).astype(np.float64)
+    return out
+
+
 def divergence_table(
     target: Mapping[str, float],
     samples: Mapping[str, Sequence[str]],
     trie: Trie,
     title_probs: Mapping[str, Mapping[str, float]] | None = None,
+    bootstrap: tuple[int, int, float] | None = None,
 ) -> pd.DataFrame:
     """One row per method (in `samples` order): title- and token-level KL(T||R), KL(R||T), JS.
 
@@ -47,6 +90,8 @@ def divergence_table(
     generates. Smoothing and log base: flowrec.divergences.distribution_divergences (natural log).
     `title_probs[method]` ({title: P}, flowrec.sampling.title_log_probs) adds `title_JS_exact`: JS
     between T and the model's exact constrained distribution over titles, free of the sampling noise of R.
+    `bootstrap` (draws, seed, level) adds `{column}_lo`, `{column}_hi` to every sampled column: the
+    percentile interval over resamples of the method's generated titles.
     """
     token_ids = {t: trie.title_token_ids(i) for i, t in enumerate(trie.titles)}
     title_probs = title_probs or {}
@@ -61,8 +106,15 @@ def divergence_table(
         exact = title_probs.get(method)
         div["title_JS_exact"] = js_divergence(*aligned_counts(target, exact)) if exact else math.nan
         div["distinct"] = float(len(set(titles)))
+        if bootstrap is not None and len(titles):
+            draws, seed, level = bootstrap
+            values = sampled_draws(target, list(titles), trie, resample_weights(len(titles), draws, seed))
+            for column, v in values.items():
+                div[f"{column}_lo"], div[f"{column}_hi"] = percentile_interval(v, level)
         rows[LABELS.get(method, method)] = div
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = "Method"
     columns = [f"{lvl}_{m}" for lvl in ("title", "token") for m in ("KL_TR", "KL_RT", "JS")]
-    return table[[*columns, "title_JS_exact", "distinct", "generated"]]
+    columns = [*columns, "title_JS_exact", "distinct", "generated"]
+    with_bounds = [c for col in columns for c in (col, f"{col}_lo", f"{col}_hi") if c in table.columns]
+    return table[with_bounds]

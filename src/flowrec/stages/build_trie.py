@@ -12,7 +12,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from flowrec.cli import Param, Stage
-from flowrec.groups import group_shares, groups_table, popularity_groups, title_history_counts
+from flowrec.groups import (
+    group_shares,
+    groups_table,
+    popularity_groups,
+    title_first_seen,
+    title_history_counts,
+)
 from flowrec.io import read_items, write_json, write_parquet
 from flowrec.model import load_tokenizer
 from flowrec.trie import Trie, build_trie
@@ -38,7 +44,8 @@ def build(
     tokenizer = load_tokenizer(model)
     trie = build_trie(item_titles, tokenizer, histories)
     frequency = title_history_counts(histories, trie.item_title, trie.n_titles)
-    groups = popularity_groups(frequency, n_groups)
+    first_seen = title_first_seen(histories, trie.item_title, trie.n_titles)  # ties: first appearance
+    groups = popularity_groups(frequency, n_groups, first_seen)
     shares = group_shares(frequency, groups, n_groups)
     return (
         trie,

@@ -7,7 +7,9 @@ from flowrec.cli import File, Param, Stage
 from flowrec.distfit.evaluate import divergence_table
 from flowrec.distfit.files import read_samples, read_target, read_title_probs
 from flowrec.distfit.methods import METHODS, TUNING_SET
-from flowrec.report import to_markdown, write_table
+from flowrec.metrics import MetricsSettings
+from flowrec.report import to_markdown, with_intervals, write_table
+from flowrec.settings import settings_from_block
 from flowrec.trie import Trie
 
 log = logging.getLogger(__name__)
@@ -22,19 +24,23 @@ def write_divergence_table(
     csv: str,
     md: str,
     methods: list[str],
+    metrics: dict,
     dataset: str,
 ) -> None:
-    """The divergence of the tuning set and of each method's samples from T, as CSV and Markdown."""
+    """The divergence of the tuning set and of each method's samples from T, as CSV and Markdown, the
+    sampled columns with bootstrap intervals (the `metrics` block's bootstrap settings)."""
+    settings = settings_from_block(MetricsSettings, metrics, "metrics")
+    bootstrap = (settings.bootstrap_draws, settings.bootstrap_seed, settings.confidence)
     counts = read_target(target)
     sampled = {TUNING_SET: read_samples(tuning_set)}
     exact = {}
     for method, path, prob in zip(methods, samples, probs, strict=True):
         sampled[method] = read_samples(path)
         exact[method] = read_title_probs(prob)
-    table = divergence_table(counts, sampled, Trie.load(trie), exact)
+    table = divergence_table(counts, sampled, Trie.load(trie), exact, bootstrap)
     title = f"Distribution fitting on {dataset}: {len(counts)} target titles"
     write_table(table, csv, md, title)
-    log.info("\n%s", to_markdown(table, title))
+    log.info("\n%s", to_markdown(with_intervals(table), title))
 
 
 STAGE = Stage(
@@ -50,7 +56,10 @@ STAGE = Stage(
         "probs": File("distfit/probs/{method}.parquet of every method, in `methods` order", multiple=True),
     },
     outputs={"csv": "distfit/table.csv", "md": "distfit/table.md"},
-    params={"methods": Param("the methods of `samples` and `probs`, in order", default=list(METHODS))},
+    params={
+        "methods": Param("the methods of `samples` and `probs`, in order", default=list(METHODS)),
+        "metrics": Param("bootstrap settings of the intervals", block="metrics"),
+    },
     wildcards={"dataset": "dataset name (in the table's title)"},
 )
 

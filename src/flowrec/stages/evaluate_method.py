@@ -1,17 +1,21 @@
-"""Stage evaluate_method: every metric of one method's test predictions (docs/method.md section 6).
+"""Stage evaluate_method: every metric of one method's test predictions (docs/method.md section 6), with
+a bootstrap interval per metric and the per-sample values the paired comparisons of make_tables use.
 
-SASRec scores every test sample; it is compared with the LLM methods on their decoded subset (the
-seeded subset of decode.test_samples). An LLM method is scored on the samples it decoded.
+Every method is scored on the seeded subset of decode.test_samples: SASRec and the reference rows
+(Random, MostPop) predict every test sample and are cut to it. A method that decoded other samples (a
+partial decode) is scored on the samples it has, with a warning.
 """
 
 import logging
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from flowrec.cli import Param, Stage
-from flowrec.io import write_json
-from flowrec.metrics import MetricsSettings, eval_subset, evaluate_prediction_files
+from flowrec.io import write_json, write_parquet
+from flowrec.metrics import MetricsSettings, eval_subset, evaluate_rankings, read_scoring_inputs
+from flowrec.sample_metrics import bootstrap_intervals, per_sample_table
 from flowrec.settings import settings_from_block
 
 log = logging.getLogger(__name__)
@@ -24,39 +28,71 @@ def evaluate(
     groups: str,
     groups_json: str,
     metrics_json: str,
+    samples: str,
     metrics: dict,
     decode: dict,
     dataset: str,
     method: str,
 ) -> dict:
-    """Score `predictions` against the test split and write the metrics JSON; returns it."""
+    """Score `predictions` against the test split; write the metrics JSON (point values, intervals) and
+    the per-sample values; returns the JSON."""
     settings = settings_from_block(MetricsSettings, metrics, "metrics")
     n_test = pd.read_parquet(test, columns=["target"]).shape[0]
     subset = eval_subset(n_test, decode["test_samples"], decode["seed"])
     present = pd.read_parquet(predictions, columns=["sample"])["sample"].to_numpy()
-    restrict = subset if method == "sasrec" else None
-    if method != "sasrec" and not np.array_equal(np.sort(present), subset):
+    restrict = subset if np.isin(subset, present).all() else None
+    if restrict is None:
         log.warning(
-            "%s: %d decoded samples differ from the seeded subset of %d (decode.test_samples=%s, "
-            "decode.seed=%s); scoring the decoded ones",
+            "%s: %d predicted samples do not cover the seeded subset of %d (decode.test_samples=%s, "
+            "decode.seed=%s); scoring the predicted ones",
             predictions,
             len(present),
             len(subset),
             decode["test_samples"],
             decode["seed"],
         )
-    scores = evaluate_prediction_files(
-        predictions=predictions,
-        test=test,
-        items=item_table,
-        groups=groups,
-        groups_json=groups_json,
+    inputs = read_scoring_inputs(predictions, test, item_table, groups, groups_json, restrict)
+    list_k = decode["num_return"]
+    scores = evaluate_rankings(
+        rec_titles=inputs.rec_titles,
+        target_titles=inputs.target_titles,
+        title_group=inputs.title_group,
+        data_shares=inputs.data_shares,
+        n_titles=inputs.n_titles,
         settings=settings,
-        list_k=decode["num_return"],
-        subset=restrict,
+        list_k=list_k,
     )
-    out = {"dataset": dataset, "method": method, **scores}
+    table = per_sample_table(
+        inputs.sample_ids,
+        inputs.rec_titles,
+        inputs.target_titles,
+        inputs.title_group,
+        len(inputs.data_shares),
+        settings.ks,
+        settings.fairness_ks,
+        list_k,
+    )
+    intervals = bootstrap_intervals(
+        table,
+        inputs.data_shares,
+        inputs.n_titles,
+        settings.ks,
+        settings.fairness_ks,
+        list_k,
+        settings.bootstrap_draws,
+        settings.bootstrap_seed,
+        settings.confidence,
+    )
+    evaluation = {
+        "n_titles": inputs.n_titles,
+        "list_k": list_k,
+        "bootstrap_draws": settings.bootstrap_draws,
+        "bootstrap_seed": settings.bootstrap_seed,
+        "confidence": settings.confidence,
+    }
+    out = {"dataset": dataset, "method": method, **scores, "ci": intervals, "evaluation": evaluation}
     log.info("%s %s: %s", dataset, method, {k: v for k, v in out.items() if "@" in k or k in ("H", "TTR")})
+    write_parquet(pa.Table.from_pandas(table, preserve_index=False), samples)
     write_json(out, metrics_json)
     return out
 
@@ -71,12 +107,15 @@ STAGE = Stage(
         "groups": "trie/groups.parquet",
         "groups_json": "trie/groups.json (group shares of the data)",
     },
-    outputs={"metrics_json": "metrics/{method}.json"},
+    outputs={
+        "metrics_json": "metrics/{method}.json (point values, `ci` intervals)",
+        "samples": "metrics/samples/{method}.parquet (per-sample values)",
+    },
     params={
-        "metrics": Param("metric cut-offs", block="metrics"),
+        "metrics": Param("metric cut-offs and bootstrap settings", block="metrics"),
         "decode": Param("decode settings: test_samples, seed, num_return", block="decode"),
     },
-    wildcards={"dataset": "dataset name", "method": "method name (sasrec scores on the decoded subset)"},
+    wildcards={"dataset": "dataset name", "method": "method name"},
 )
 
 if __name__ == "__main__":
