@@ -209,4 +209,9 @@ class Stage:
         log = log_to(log_path)
         shown = {k: v for k, v in kwargs.items() if k in self.params or k in self.wildcards}
         log.info("%s: %s", self.run.__module__, json.dumps(shown, default=str))
-        return self.run(**kwargs)
+        try:
+            return self.run(**kwargs)
+        except Exception:
+            # into the rule's log file too: under Snakemake, stderr is not where a user looks first
+            log.exception("%s failed", self.run.__module__)
+            raise
