@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from flowrec.data import prepare, write_prepared
-from flowrec.data.interop import D3_COLUMNS, import_d3, write_d3_csv
+from flowrec.data.d3_export import D3_COLUMNS, write_d3_csv
+from flowrec.data.interop import import_d3
 from flowrec.data.settings import dataset_settings
 
 CDS = Path(__file__).resolve().parents[3] / "shared" / "data" / "amazon2018-cds"

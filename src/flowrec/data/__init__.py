@@ -14,7 +14,8 @@ from pathlib import Path
 import pyarrow as pa
 
 from flowrec.data.amazon import load_amazon
-from flowrec.data.interop import import_d3, write_d3_csv
+from flowrec.data.d3_export import write_d3_csv
+from flowrec.data.interop import import_d3
 from flowrec.data.movielens import load_movielens
 from flowrec.data.protocol import SPLITS, build_dataset, window_bounds
 from flowrec.data.settings import DatasetSettings
