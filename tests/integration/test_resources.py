@@ -6,7 +6,6 @@ GPUs"), so the README says what this test checked.
 
 import re
 import shlex
-from pathlib import Path
 
 import pytest
 import yaml
@@ -15,7 +14,14 @@ from flowrec import resources as res
 from tests.integration.conftest import REPO, SNAKEMAKE, copy_repo
 
 GPU_RULES = {"tune", "decode", "distfit_tune", "distfit_generate"}
-CHEAP_RULES = {"make_tables", "make_combined_table", "make_figures", "evaluate_method", "distfit_table", "distfit_figure"}
+CHEAP_RULES = {
+    "make_tables",
+    "make_combined_table",
+    "make_figures",
+    "evaluate_method",
+    "distfit_table",
+    "distfit_figure",
+}
 
 
 def local_rules() -> set[str]:
@@ -63,7 +69,9 @@ def dry_run(tmp_path_factory):
     command = readme_multi_gpu_command()
     workdir = copy_repo(tmp_path_factory.mktemp("multigpu"))
     proc = subprocess.run([*command, "-n"], cwd=workdir, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, f"{shlex.join(command)} -n failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, (
+        f"{shlex.join(command)} -n failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    )
     return command, proc.stdout + proc.stderr
 
 

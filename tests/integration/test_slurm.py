@@ -18,8 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.integration.conftest import copy_repo, run_snakemake
-from tests.integration.test_resources import local_rules
 from tests.integration.slurm_cluster import LocalSlurm, SlurmUnavailable
+from tests.integration.test_resources import local_rules
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
