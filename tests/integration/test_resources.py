@@ -62,13 +62,29 @@ def merged_config(files: list[str]) -> dict:
     return config
 
 
+def cached_hub_model(hf_home, hub_id: str) -> None:
+    """A Hugging Face cache entry for `hub_id` (its config.json only): the workflow checks at parse time
+    that model.name_or_path resolves (flowrec.config_checks), and these machines have no hub."""
+    folder = hf_home / "hub" / f"models--{hub_id.replace('/', '--')}"
+    revision = "0" * 40
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(revision)
+    (folder / "snapshots" / revision).mkdir(parents=True)
+    (folder / "snapshots" / revision / "config.json").write_text("{}")
+
+
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory):
+    import os
     import subprocess
 
     command = readme_multi_gpu_command()
+    configfiles = [command[i + 1] for i, a in enumerate(command) if a == "--configfile"]
+    hf_home = tmp_path_factory.mktemp("hf_home")
+    cached_hub_model(hf_home, merged_config(configfiles)["model"]["name_or_path"])
     workdir = copy_repo(tmp_path_factory.mktemp("multigpu"))
-    proc = subprocess.run([*command, "-n"], cwd=workdir, capture_output=True, text=True, timeout=600)
+    env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([*command, "-n"], cwd=workdir, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, (
         f"{shlex.join(command)} -n failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     )
