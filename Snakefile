@@ -24,6 +24,10 @@ include: "rules/afl.smk"
 include: "rules/report.smk"
 
 
+localrules:
+    all,
+
+
 rule all:
     input:
         get_final_outputs(),

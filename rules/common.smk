@@ -42,17 +42,6 @@ os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (_SRC, os.environ.get("P
 if os.path.exists("results") and not os.path.isdir("results"):
     raise ValueError(f"results is not a folder ({os.path.abspath('results')}): move it away; outputs go there")
 
-# Cheap rules run inside Snakemake's own process on a cluster, not as one sbatch job each.
-localrules:
-    all,
-    make_tables,
-    make_combined_table,
-    make_figures,
-    evaluate_method,
-    distfit_table,
-    distfit_figure,
-
-
 DATASETS = list(config["active_datasets"])
 _AFL = config.get("afl", {})
 _unknown = [
@@ -315,7 +304,7 @@ def get_distfit_generate_inputs(wildcards):
 
 
 # --- AFL (rules/afl.smk) ---
-# The afl keys each rule uses: a change reruns that rule and what depends on it, nothing else.
+# The afl keys of each AFL step (a change reruns that step and what depends on it, nothing else).
 _AFL_CANDIDATE_KEYS = ("users", "n_candidates", "ratios", "seed")
 _AFL_RUN_KEYS = ("max_rounds",)
 _AFL_SIMULATE_KEYS = ("max_rounds", "ratios", "valid_users", "seed")

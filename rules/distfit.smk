@@ -3,6 +3,12 @@
 # the target trie, and their divergence from the target (flowrec.distfit; one stage entry per rule).
 
 
+# Cheap rules run inside Snakemake's own process on a cluster, not as one sbatch job each.
+localrules:
+    distfit_table,
+    distfit_figure,
+
+
 rule distfit_target:
     input:
         unpack(get_distfit_target_inputs),

@@ -12,6 +12,11 @@ for _name in ("ks", "fairness_ks"):
         )
 
 
+# Cheap rules run inside Snakemake's own process on a cluster, not as one sbatch job each.
+localrules:
+    evaluate_method,
+
+
 rule predict_reference:
     wildcard_constraints:
         method="|".join(REFERENCE_METHODS),

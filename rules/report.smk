@@ -1,6 +1,13 @@
 # Result tables and figures, each wrapped for `snakemake --report results/report.html`.
 
 
+# Cheap rules run inside Snakemake's own process on a cluster, not as one sbatch job each.
+localrules:
+    make_tables,
+    make_combined_table,
+    make_figures,
+
+
 rule make_tables:
     input:
         metrics=expand("results/{{dataset}}/metrics/{method}.json", method=TABLE_METHODS),

@@ -25,11 +25,13 @@ CHEAP_RULES = {
 
 
 def local_rules() -> set[str]:
-    """The `localrules:` of rules/common.smk (a dry run does not say which jobs would run locally)."""
-    text = (REPO / "rules" / "common.smk").read_text()
-    block = re.search(r"^localrules:\n((?:\s+\w+,?\n)+)", text, re.MULTILINE)
-    assert block, "rules/common.smk declares no localrules"
-    return {name.strip(" ,") for name in block.group(1).split()}
+    """The `localrules:` of the Snakefile and rules/*.smk (a dry run does not say which jobs run locally)."""
+    names: set[str] = set()
+    for path in [REPO / "Snakefile", *sorted((REPO / "rules").glob("*.smk"))]:
+        for block in re.findall(r"^localrules:\n((?:\s+\w+,?\n)+)", path.read_text(), re.MULTILINE):
+            names |= {name.strip(" ,") for name in block.split()}
+    assert names, "no localrules declared"
+    return names
 
 
 def readme_multi_gpu_command() -> list[str]:
