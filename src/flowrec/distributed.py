@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from flowrec.logs import LOG_FILE_ENV, current_log_file, log_to
+
 log = logging.getLogger(__name__)
 
 
@@ -55,7 +57,10 @@ def torchrun(module: str, spec: Path, nproc: int) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     cmd += ["-m", module, str(spec)]
     log.info("launching: %s", " ".join(cmd))
-    subprocess.run(cmd, check=True)
+    env = dict(os.environ)
+    if (path := current_log_file()) is not None:
+        env[LOG_FILE_ENV] = path  # the workers append to the rule's log (job_main)
+    subprocess.run(cmd, check=True, env=env)
 
 
 def launch_job(
@@ -81,7 +86,7 @@ def job_main(
     and `report` the summary on rank 0."""
     if len(argv) != 1:
         raise SystemExit(f"usage: python -m {module} JOB.json   (normally through torchrun)")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_to(os.environ.get(LOG_FILE_ENV), append=True)
     job = job_type(**json.loads(Path(argv[0]).read_text()))
     with process_group():
         summary = run(job)
