@@ -123,13 +123,16 @@ class Checkpoints:
         scheduler.load_state_dict(ckpt["scheduler"])
         set_rng_state(ckpt["rng"][world()[0]], generator)
         progress = Progress(**ckpt["progress"])
-        log.info(
-            "resumed from %s: epoch %d, %d steps into it (step %d)",
-            self.last,
-            progress.epoch + 1,
-            progress.epoch_step,
-            progress.step,
-        )
+        if progress.epoch_step == 0:  # written at the end of an epoch
+            log.info("resumed from %s after epoch %d (step %d)", self.last, progress.epoch, progress.step)
+        else:  # written every tune.checkpoint_steps steps, mid-epoch
+            log.info(
+                "resumed from %s in epoch %d after %d of its steps (step %d)",
+                self.last,
+                progress.epoch + 1,
+                progress.epoch_step,
+                progress.step,
+            )
         return progress
 
     def save(
