@@ -181,7 +181,9 @@ def test_new_dataset_runs_only_its_jobs(finished):
 def test_data_setting_reruns_the_data_stage_and_what_follows(finished):
     jobs = planned_with_overlay(finished, "data_setting.yaml", "datasets:\n  ml100k:\n    max_history: 8\n")
     assert_changed_params_then_inputs(jobs, "prepare_data")
-    assert summary(jobs) == summary(planned(finished, "--forceall"))
+    # everything but the base model's conversion (prepare_model), which does not read the data
+    everything = [j for j in planned(finished, "--forceall") if j.rule != "prepare_model"]
+    assert summary(jobs) == summary(everything)
 
 
 def test_sasrec_setting_reruns_sasrec_and_its_users_only(finished):

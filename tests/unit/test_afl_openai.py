@@ -153,7 +153,7 @@ def test_retries_with_backoff_then_succeeds(monkeypatch):
 
 def test_concurrency_is_bounded_and_the_cache_saves_calls(monkeypatch, tmp_path):
     monkeypatch.setenv("FLOWREC_TEST_KEY", "secret")
-    server = _Server(delay=0.05)
+    server = _Server(delay=0.5)  # long enough that the client overlaps requests even on a loaded machine
     try:
         backend = OpenAIBackend(_settings(server.url, concurrency=3))
         requests = [rec_request("movie", [f"H{i}"], ["Jaws", "Heat"], None, []) for i in range(12)]
