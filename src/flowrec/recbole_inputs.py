@@ -16,10 +16,16 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import torch
 from recbole.config import Config
 from recbole.model.sequential_recommender.sasrec import SASRec
 
 from flowrec.sasrec import SasrecSettings, SplitArrays
+
+# Importing any RecBole sequential model runs recbole/model/sequential_recommender/sine.py, which turns
+# autograd anomaly detection on for the whole process (slow, and it turns a NaN loss into an error
+# inside backward); switch it back off.
+torch.autograd.set_detect_anomaly(False)
 
 SPLITS = ("train", "valid", "test")
 

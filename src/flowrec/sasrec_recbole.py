@@ -44,6 +44,11 @@ from flowrec.sasrec import (
     top_titles,
 )
 
+# Importing any RecBole sequential model runs recbole/model/sequential_recommender/sine.py, which turns
+# autograd anomaly detection on for the whole process (slow, and it turns a NaN loss into an error
+# inside backward); switch it back off.
+torch.autograd.set_detect_anomaly(False)
+
 log = logging.getLogger("flowrec.sasrec")
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")

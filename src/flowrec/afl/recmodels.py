@@ -25,6 +25,11 @@ from flowrec.recbole_inputs import SPLITS
 from flowrec.sasrec import TitleIndex, export_p_ui, ranking_metrics, read_split
 from flowrec.sasrec_recbole import train_sasrec
 
+# Importing any RecBole sequential model runs recbole/model/sequential_recommender/sine.py, which turns
+# autograd anomaly detection on for the whole process (slow, and it turns a NaN loss into an error
+# inside backward); switch it back off.
+torch.autograd.set_detect_anomaly(False)
+
 REC_MODELS = ("gru4rec", "caser")
 
 
