@@ -6,8 +6,6 @@
 rule distfit_target:
     input:
         unpack(get_distfit_target_inputs),
-        item_table="results/{dataset}/data/items.parquet",
-        groups="results/{dataset}/trie/groups.parquet",
         code=code_of("flowrec.stages.distfit_target"),
     output:
         target="results/{dataset}/distfit/target.json",

@@ -125,7 +125,13 @@ class FlowerLoss:
         }
 
 
-LOSSES: dict[str, type] = {"bigrec": SFTLoss, "ifairlrs": SFTLoss, "flower": FlowerLoss}
+# flower_vocab is Flower with its `flower:` block's normalise set to vocab (the rule passes that block).
+LOSSES: dict[str, type] = {
+    "bigrec": SFTLoss,
+    "ifairlrs": SFTLoss,
+    "flower": FlowerLoss,
+    "flower_vocab": FlowerLoss,
+}
 
 
 def make_loss(
