@@ -32,9 +32,15 @@ if os.path.exists("results") and not os.path.isdir("results"):
     raise ValueError(f"results is not a folder ({os.path.abspath('results')}): move it away; outputs go there")
 
 DATASETS = list(config["active_datasets"])
-_unknown = [d for d in DATASETS + list(config["distfit"]["datasets"]) if d not in config["datasets"]]
+# With a target file (distfit.target) RQ1 needs no dataset: a distfit.datasets entry is then only the
+# name of its results folder.
+_DISTFIT_NEED_DATA = [] if config["distfit"]["target"] else list(config["distfit"]["datasets"])
+_unknown = [d for d in DATASETS + _DISTFIT_NEED_DATA if d not in config["datasets"]]
 if _unknown:
-    raise ValueError(f"config: active_datasets/distfit.datasets name {_unknown}, not keys of `datasets`")
+    raise ValueError(
+        f"config: active_datasets/distfit.datasets name {_unknown}, not keys of `datasets` "
+        "(distfit.datasets may name any folder when distfit.target is set)"
+    )
 # flower_vocab: Flower with SubTB's log pi normalised over the vocabulary (flower.normalise: vocab),
 # the ablation of the normalisation the `flower` row uses (docs/method.md section 4).
 TUNED_METHODS = ["bigrec", "ifairlrs", "flower", "flower_vocab"]
