@@ -84,7 +84,15 @@ def main() -> None:
     model = load_base_model(args.model, device=device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     sft_loss = SFTLoss()
-    flower_loss = FlowerLoss(trie=trie, lambda_=0.005, reward="div", sample_temperature=1.0, granularity=1)
+    flower_loss = FlowerLoss(
+        trie=trie,
+        lambda_=0.005,
+        reward="div",
+        sample_temperature=1.0,
+        granularity=1,
+        normalise="children",
+        sft_weight=1.0,
+    )
     gen = torch.Generator(device=device).manual_seed(args.seed)
 
     def sft():

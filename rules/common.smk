@@ -44,16 +44,19 @@ if os.path.exists("results") and not os.path.isdir("results"):
 
 DATASETS = list(config["active_datasets"])
 _AFL = config.get("afl", {})
-_unknown = [
-    d
-    for d in DATASETS + list(config["distfit"]["datasets"]) + list(_AFL.get("datasets", []))
-    if d not in config["datasets"]
-]
+# With a target file (distfit.target) RQ1 needs no dataset: a distfit.datasets entry is then only the
+# name of its results folder.
+_DISTFIT_NEED_DATA = [] if config["distfit"]["target"] else list(config["distfit"]["datasets"])
+_unknown = [d for d in DATASETS + _DISTFIT_NEED_DATA + list(_AFL.get("datasets", [])) if d not in config["datasets"]]
 if _unknown:
     raise ValueError(
-        f"config: active_datasets/distfit.datasets/afl.datasets name {_unknown}, not keys of `datasets`"
+        f"config: active_datasets/distfit.datasets/afl.datasets name {_unknown}, not keys of `datasets` "
+        "(distfit.datasets may name any folder when distfit.target is set)"
     )
-TUNED_METHODS = ["bigrec", "ifairlrs", "flower"]
+# flower_vocab: Flower with SubTB's log pi normalised over the vocabulary (flower.normalise: vocab),
+# the ablation of the normalisation the `flower` row uses (docs/method.md section 4).
+TUNED_METHODS = ["bigrec", "ifairlrs", "flower", "flower_vocab"]
+FLOWER_METHODS = {"flower": {}, "flower_vocab": {"normalise": "vocab"}}
 # Decoded methods: name -> the tuned model it decodes with.
 DECODED_METHODS = {
     "bigrec": "bigrec",
@@ -62,12 +65,14 @@ DECODED_METHODS = {
     "d3_noassist": "bigrec",
     "ifairlrs": "ifairlrs",
     "flower": "flower",
+    "flower_vocab": "flower_vocab",
 }
 # Reference rows (rules/evaluate.smk): what a hit is worth at this scale.
 REFERENCE_METHODS = ["random", "mostpop"]
 TABLE_METHODS = [*REFERENCE_METHODS, "sasrec", *DECODED_METHODS]
 # trl 1.16 ships no PPO trainer, so the reward-maximising RL row is GRPO (flowrec.distfit.trl).
-DISTFIT_TUNED = ["sft", "dpo", "grpo", "flower"]
+# flower_vocab: Flower with SubTB's log pi over the vocabulary (flower.normalise: vocab), the ablation.
+DISTFIT_TUNED = ["sft", "dpo", "grpo", "flower", "flower_vocab"]
 DISTFIT_ROWS = ["base", *DISTFIT_TUNED]
 
 
@@ -212,25 +217,27 @@ def get_tune_inputs(wildcards):
             "groups": f"results/{wildcards.dataset}/trie/groups.parquet",
             "groups_json": f"results/{wildcards.dataset}/trie/groups.json",
         }
-    if wildcards.method == "flower":
+    if wildcards.method in FLOWER_METHODS:
         return {"p_ui_train": f"results/{wildcards.dataset}/sasrec/p_ui_train.npy"}
     return {}
 
 
 def get_flower_settings(wildcards):
     """The `flower:` block for Flower only, so that a Flower setting reruns no other method."""
-    return config["flower"] if wildcards.method == "flower" else None
+    if wildcards.method not in FLOWER_METHODS:
+        return None
+    return {**config["flower"], **FLOWER_METHODS[wildcards.method]}
 
 
 def get_tune_granularity(wildcards):
     """Flower's state granularity (trie.granularity); the SFT methods have no states."""
-    return config["trie"]["granularity"] if wildcards.method == "flower" else 1
+    return config["trie"]["granularity"] if wildcards.method in FLOWER_METHODS else 1
 
 
 def get_tune_runtime(wildcards):
     """Minutes of a tuning job at the paper's scale (a day of GPU time per method); Flower samples and
     scores a title per prompt on top of SFT."""
-    return 2160 if wildcards.method == "flower" else 1440
+    return 2160 if wildcards.method in FLOWER_METHODS else 1440
 
 
 # --- decoding ---
@@ -270,10 +277,11 @@ def get_decode_settings(wildcards):
 
 # --- distribution fitting ---
 # The distfit keys each rule uses (a change reruns that rule and what follows, nothing else).
-_DISTFIT_TARGET_KEYS = ("target", "top_n", "train_samples", "seed")
+_DISTFIT_TARGET_KEYS = ("target", "target_size", "target_seed", "train_samples", "seed")
 _DISTFIT_TUNE_KEYS = ("train_samples", "epochs", "batch_size", "micro_batch_size", "learning_rate", "seed")
 _DISTFIT_TUNE_METHOD_KEYS = {
     "flower": ("lambda", "sample_temperature"),
+    "flower_vocab": ("lambda", "sample_temperature"),
     "dpo": ("dpo_beta",),
     "grpo": ("rl_generations",),
 }
@@ -285,9 +293,10 @@ def get_distfit_settings(keys):
 
 
 def get_distfit_target_inputs(wildcards):
-    """The target file when one is configured (so that editing it reruns the workflow from here)."""
+    """The target file when one is configured (editing it reruns the workflow from here; no dataset
+    stage runs), else the dataset's train-history frequencies that the target is sampled from."""
     target = config["distfit"]["target"]
-    return {"target_file": target} if target else {}
+    return {"target_file": target} if target else {"groups": f"results/{wildcards.dataset}/trie/groups.parquet"}
 
 
 def get_distfit_tune_settings(wildcards):

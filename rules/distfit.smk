@@ -13,8 +13,6 @@ rule distfit_target:
     input:
         unpack(get_distfit_target_inputs),
         unpack(get_base_model_input),
-        item_table="results/{dataset}/data/items.parquet",
-        groups="results/{dataset}/trie/groups.parquet",
         code=code_of("flowrec.stages.distfit_target"),
     output:
         target="results/{dataset}/distfit/target.json",

@@ -40,6 +40,7 @@ METHOD_LABELS = {
     "d3_noassist": "D3 (no assistant)",
     "ifairlrs": "IFairLRS",
     "flower": "Flower",
+    "flower_vocab": "Flower (SubTB over vocab)",
 }
 PAPER_COLUMNS = ["NDCG@5", "HR@5", "DGU@10", "MGU@10", "H", "TTR"]
 # After the paper's columns: the other cut-offs, then the metrics beyond the paper, then the count.

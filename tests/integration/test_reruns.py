@@ -78,11 +78,15 @@ def planned_with_overlay(workdir: Path, name: str, text: str) -> list[Job]:
 
 def test_flower_setting_reruns_only_flower(finished):
     jobs = planned_with_overlay(finished, "flower_lambda.yaml", "flower:\n  lambda: 0.01\n")
+    # flower_vocab is Flower with normalise: vocab, so it shares the `flower:` block
     assert summary(jobs) == Counter(
         [
             "tune[ml100k,flower]",
             "decode[ml100k,flower]",
             "evaluate_method[ml100k,flower]",
+            "tune[ml100k,flower_vocab]",
+            "decode[ml100k,flower_vocab]",
+            "evaluate_method[ml100k,flower_vocab]",
             "make_tables[ml100k]",
             "make_figures[ml100k]",
             "make_combined_table",
@@ -99,6 +103,8 @@ def test_distfit_flower_setting_reruns_only_its_row(finished):
         [
             "distfit_tune[ml100k,flower]",
             "distfit_generate[ml100k,flower]",
+            "distfit_tune[ml100k,flower_vocab]",
+            "distfit_generate[ml100k,flower_vocab]",
             "distfit_table[ml100k]",
             "distfit_figure[ml100k]",
             "all",

@@ -12,15 +12,15 @@ import torch
 from flowrec.distfit import trl
 from flowrec.distfit.evaluate import divergence_table, generate_titles
 from flowrec.distfit.files import sort_target
-from flowrec.distfit.target import DistfitSettings, draw_titles, read_target_file, target_trie, top_titles
+from flowrec.distfit.target import DistfitSettings, draw_titles, read_target_file, sampled_titles, target_trie
 from flowrec.distfit.train import train_with_loop
 from flowrec.report import frequency_matrix
 
 ITEMS = ["Toy Story", "Star Wars", "Fargo", "Contact", "Return of the Jedi", "Fargo"]
 
 
-def write(tmp_path, text: str):
-    path = tmp_path / "target.json"
+def write(tmp_path, text: str, name: str = "target.json"):
+    path = tmp_path / name
     path.write_text(text, encoding="utf-8")
     return path
 
@@ -28,51 +28,69 @@ def write(tmp_path, text: str):
 # ---- target sets ---------------------------------------------------------------------------------
 
 
-def test_read_target_file_sorted_by_count(tmp_path):
-    path = write(tmp_path, json.dumps({"Fargo": 2, "Star Wars": 5, "Contact": 2.5}))
-    target = read_target_file(path, ITEMS, "ml100k")
-    assert list(target.items()) == [("Star Wars", 5.0), ("Contact", 2.5), ("Fargo", 2.0)]
+def test_read_target_file_any_titles_sorted_by_count(tmp_path):
+    # Titles need not be items of any dataset: a user's target may come from anywhere.
+    path = write(tmp_path, json.dumps({"Fargo": 2, "Star Wars": 5, "A Title Of My Own": 2.5}))
+    target = read_target_file(path)
+    assert list(target.items()) == [("Star Wars", 5.0), ("A Title Of My Own", 2.5), ("Fargo", 2.0)]
 
 
-def test_unknown_title_names_file_and_title(tmp_path):
-    path = write(tmp_path, json.dumps({"Fargo": 2, "Citizen Kane": 1}))
-    with pytest.raises(
-        ValueError, match=r"target\.json: title 'Citizen Kane' is not an item title of dataset 'ml100k'"
-    ):
-        read_target_file(path, ITEMS, "ml100k")
+def test_read_target_csv(tmp_path):
+    path = write(tmp_path, 'title,count\nFargo,2\n"Crumb, the film",7\n', "t.csv")
+    assert read_target_file(path) == {"Crumb, the film": 7.0, "Fargo": 2.0}
 
 
 def test_duplicate_title_names_file_and_title(tmp_path):
     # json.load alone would keep the last value silently
     path = write(tmp_path, '{"Fargo": 2, "Contact": 1, "Fargo": 3}')
     with pytest.raises(ValueError, match=r"target\.json: title 'Fargo' appears more than once"):
-        read_target_file(path, ITEMS, "ml100k")
+        read_target_file(path)
+    path = write(tmp_path, "title,count\nFargo,2\nContact,1\nFargo,3\n", "t.csv")
+    with pytest.raises(ValueError, match=r"t\.csv: line 4: title 'Fargo' appears more than once .*line 2"):
+        read_target_file(path)
 
 
-@pytest.mark.parametrize("count", [0, -1, "3", True, None])
+@pytest.mark.parametrize("count", [0, -1, "3", True, None, float("nan")])
 def test_bad_count(tmp_path, count):
     path = write(tmp_path, json.dumps({"Fargo": 2, "Contact": count}))
     with pytest.raises(ValueError, match=r"title 'Contact' has count .*expected a positive number"):
-        read_target_file(path, ITEMS, "ml100k")
+        read_target_file(path)
+
+
+@pytest.mark.parametrize("count", ["0", "-2", "many", ""])
+def test_bad_csv_count_names_the_line(tmp_path, count):
+    path = write(tmp_path, f"title,count\nFargo,2\nContact,{count}\n", "t.csv")
+    with pytest.raises(ValueError, match=r"t\.csv: line 3: title 'Contact' has count .*positive number"):
+        read_target_file(path)
+
+
+def test_empty_title(tmp_path):
+    with pytest.raises(ValueError, match=r"target\.json: title '': empty title"):
+        read_target_file(write(tmp_path, json.dumps({"Fargo": 2, "": 1})))
+    with pytest.raises(ValueError, match=r"t\.csv: line 2: empty title"):
+        read_target_file(write(tmp_path, "title,count\n  ,3\nFargo,1\n", "t.csv"))
 
 
 @pytest.mark.parametrize("text", ['["Fargo"]', '{"Fargo": 1}', "{not json"])
 def test_malformed_target(tmp_path, text):
     with pytest.raises(ValueError, match=r"target\.json"):
-        read_target_file(write(tmp_path, text), ITEMS, "ml100k")
+        read_target_file(write(tmp_path, text))
 
 
-def test_top_titles_by_frequency_ties_by_title_zero_left_out():
-    groups = pd.DataFrame(
-        {
-            "title": ["a", "b", "c", "d", "e"],
-            "title_id": range(5),
-            "frequency": [3, 7, 3, 0, 1],
-            "group": [0, 0, 1, 1, 1],
-        }
-    )
-    assert top_titles(groups, 3) == {"b": 7.0, "a": 3.0, "c": 3.0}
-    assert list(top_titles(groups, 10)) == ["b", "a", "c", "e"]  # "d" never occurs
+def test_csv_needs_title_and_count_columns(tmp_path):
+    with pytest.raises(ValueError, match=r"t\.csv: expected the CSV columns title,count"):
+        read_target_file(write(tmp_path, "name,n\nFargo,2\nHeat,1\n", "t.csv"))
+
+
+def test_sampled_titles_keep_their_counts_and_leave_unseen_out():
+    frequency = [3, 7, 3, 0, 1, 12, 5, 2]
+    groups = pd.DataFrame({"title": list("abcdefgh"), "frequency": frequency, "group": 0})
+    target = sampled_titles(groups, 4, seed=3)
+    assert len(target) == 4 and "d" not in target
+    assert all(target[t] == frequency["abcdefgh".index(t)] for t in target)
+    assert target == sampled_titles(groups.sample(frac=1.0, random_state=0), 4, seed=3)  # row order free
+    assert sampled_titles(groups, 4, seed=4) != target  # the seed picks the titles
+    assert set(sampled_titles(groups, 100, seed=0)) == set("abcefgh")  # fewer than asked: all of them
 
 
 def test_draw_titles_seeded_and_proportional():
@@ -89,6 +107,9 @@ def test_dpo_pairs_reject_a_less_frequent_title():
     assert all(target[r] < target[c] for c, r in zip(chosen, rejected, strict=True))
     assert "d" not in chosen  # nothing is less frequent than the least frequent title
     assert set(rejected) == {"b", "c", "d"}
+    # The paper's pairs: a random (uniform) chosen title, not one in proportion to its count.
+    shares = pd.Series(chosen).value_counts(normalize=True)
+    np.testing.assert_allclose(shares[["a", "b", "c"]], [1 / 3] * 3, atol=0.04)
     with pytest.raises(ValueError, match="same count"):
         trl.dpo_pairs({"a": 1.0, "b": 1.0}, 4, seed=0)
 
@@ -262,7 +283,22 @@ def test_flower_sample_temperature_reaches_the_sampler(tiny, tmp_path, monkeypat
         assert seen["loss"].sample_temperature == temperature
         assert seen["loss"].lambda_ == settings.lambda_ and seen["loss"].reward == "plain"
         assert seen["loss"].granularity == 1 and seen["name"] == "flower"
+        assert seen["loss"].normalise == "children" and seen["loss"].sft_weight == 1.0
     assert DistfitSettings.from_block({}).sample_temperature == 1.0
+    # The ablation row: the same loss with SubTB's log pi over the vocabulary.
+    train_with_loop(
+        "flower_vocab",
+        None,
+        trie,
+        prompt,
+        tuning,
+        target,
+        settings,
+        0,
+        tmp_path / "v.csv",
+        tmp_path / "v.png",
+    )
+    assert seen["loss"].normalise == "vocab" and seen["name"] == "flower_vocab"
 
 
 def test_distfit_bootstrap_draws_reproduce_the_table_and_bound_it():

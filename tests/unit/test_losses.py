@@ -139,12 +139,71 @@ def test_loss_objects_combine_their_parts(monkeypatch):
     sft, subtb = torch.tensor([1.0, 2.0]), torch.tensor([30.0, 0.5])
     monkeypatch.setattr(objectives, "flower_losses", lambda *args, **kwargs: (sft, subtb))
     monkeypatch.setattr(objectives, "sft_losses", lambda model, batch: sft)
-    flower = FlowerLoss(trie=None, lambda_=0.005, reward="plain", sample_temperature=1.0, granularity=1)
+    flower = FlowerLoss(None, 0.005, "plain", 1.0, 1, "children", 1.0)
     total, parts = flower(None, None, 0, None)
     assert torch.equal(total, sft + 0.005 * subtb) and set(parts) == set(flower.parts) == {"sft", "subtb"}
     assert torch.equal(parts["sft"], sft) and torch.equal(parts["subtb"], subtb)
-    assert not flower.uses_p_ui and FlowerLoss(None, 1.0, "div", 1.0, 1).uses_p_ui
+    assert not flower.uses_p_ui and FlowerLoss(None, 1.0, "div", 1.0, 1, "children", 1.0).uses_p_ui
     total, parts = SFTLoss()(None, None, 0, None)
     # SFT has no SubTB term: a zero one keeps log.csv's subtb_loss column for the SFT methods.
     assert torch.equal(total, sft) and torch.equal(parts["subtb"], torch.zeros(2))
     assert flower.fingerprint()["lambda"] == 0.005 and SFTLoss().fingerprint() != flower.fingerprint()
+
+
+def flow_policy_logits(trie, nodes: torch.Tensor, vocab: int, off_trie: float) -> torch.Tensor:
+    """(N, V) logits whose softmax over each state's children is the flow policy F(child) / F(state);
+    every token that is no child of the state gets the logit `off_trie`."""
+    logits = torch.full((len(nodes), vocab), off_trie, dtype=torch.float64)
+    for row, node in enumerate(nodes.tolist()):
+        start, end = trie.child_ptr[node], trie.child_ptr[node + 1]
+        tokens = torch.as_tensor(trie.child_token[start:end])
+        logits[row, tokens] = torch.as_tensor(trie.log_flow[trie.child_node[start:end]])
+    return logits
+
+
+def test_children_normalised_subtb_is_zero_at_the_flow_policy_whatever_the_mass_off_the_trie():
+    from flowrec.trie import Trie
+
+    paths = {"a": [1, 2, 9], "b": [1, 3, 9], "c": [4, 9], "d": [4, 5, 6, 9]}
+    trie = Trie.build(list(paths), paths, {"a": 6.0, "b": 2.0, "c": 1.0, "d": 3.0})
+    vocab = 12
+    tokens, mask = (
+        torch.nn.utils.rnn.pad_sequence(
+            [torch.tensor(p) for p in paths.values()], batch_first=True, padding_value=0
+        ),
+        torch.nn.utils.rnn.pad_sequence([torch.ones(len(p), dtype=torch.long) for p in paths.values()], True),
+    )
+    root = torch.zeros(len(paths), 1, dtype=torch.long)
+    nodes = torch.cat([root, trie.path_nodes(tokens)[:, :-1]], 1).clamp_min(0)  # (B, T) state left
+    log_reward = trie.edge_log_reward_of(nodes, tokens).where(mask.bool(), torch.zeros(()))
+    allowed = trie.allowed_mask(nodes.reshape(-1), vocab).reshape(*tokens.shape, vocab)
+    allowed |= ~mask.bool().unsqueeze(-1)  # padding (after a leaf, no children): any finite value, masked
+    losses = {}
+    for off_trie in (-30.0, 0.0, 8.0):  # from no mass off the trie to almost all of it
+        logits = flow_policy_logits(trie, nodes.reshape(-1), vocab, off_trie).reshape(*tokens.shape, vocab)
+        children = token_log_probs(logits, tokens, allowed=allowed)
+        vocab_norm = token_log_probs(logits, tokens)
+        losses[off_trie] = (subtb_loss(children, log_reward, mask), subtb_loss(vocab_norm, log_reward, mask))
+        assert torch.allclose(losses[off_trie][0], torch.zeros(len(paths), dtype=torch.float64), atol=1e-12)
+    # Over the vocabulary the same policy is only balanced when no mass is off the trie.
+    assert torch.allclose(losses[-30.0][1], torch.zeros(len(paths), dtype=torch.float64), atol=1e-9)
+    assert (losses[0.0][1] > 1e-3).all() and (losses[8.0][1] > losses[0.0][1]).all()
+    # Away from the flow policy the children-normalised loss is positive, and still blind to off-trie mass.
+    logits = flow_policy_logits(trie, nodes.reshape(-1), vocab, 0.0).reshape(*tokens.shape, vocab)
+    logits[:, 0, 1] += 1.0  # more mass on the root's first child than its flow share
+    moved = subtb_loss(token_log_probs(logits, tokens, allowed=allowed), log_reward, mask)
+    logits[..., 10:] += 5.0  # tokens 10, 11 are no child of any state
+    assert (moved > 0).all()
+    assert torch.allclose(
+        moved, subtb_loss(token_log_probs(logits, tokens, allowed=allowed), log_reward, mask)
+    )
+
+
+def test_flower_normalise_setting_is_checked_and_fingerprinted():
+    with pytest.raises(ValueError, match="normalise 'trie'"):
+        make_loss("flower", {"normalise": "trie"}, trie=None, granularity=1)
+    children, vocab = (
+        make_loss("flower", {"normalise": n}, trie=None, granularity=1) for n in ("children", "vocab")
+    )
+    assert make_loss("flower", {}, trie=None, granularity=1).normalise == "children"  # the schema default
+    assert children.fingerprint() != vocab.fingerprint()

@@ -92,6 +92,7 @@ def test_flower_forward_matches_one_pass_and_reaches_parameters(setup):
         reward="plain",
         sample_temperature=1.0,
         granularity=1,
+        normalise="children",
     )
     # The SFT part computed on top of the shared prompt cache equals a plain one-pass SFT forward.
     assert torch.allclose(sft, sft_losses(model, batch), atol=1e-4)
@@ -111,3 +112,50 @@ def test_copy_cache_repeats_rows_and_keeps_the_graph(setup):
     assert torch.equal(doubled.layers[0].keys[3:], keys) and doubled.layers[0].keys.requires_grad
     assert not copy_cache(cache, detach=True).layers[0].keys.requires_grad
     assert token_log_probs(torch.zeros(1, 1, 4), torch.tensor([[2]])).item() == pytest.approx(-np.log(4))
+
+
+@pytest.mark.parametrize("normalise", ["children", "vocab"])
+def test_flower_subtb_scores_the_policy_it_names(setup, monkeypatch, normalise):
+    """With one segment (granularity above the title length), SubTB of a sampled title is
+    (log pi(title) - log R(title) / F(root))^2; with `children`, pi is the trie-constrained policy the
+    sampler draws from and the decoder uses (title_log_probs), zero-flow siblings included."""
+    import flowrec.tune.forward as forward
+    from flowrec.sampling import title_log_probs
+
+    tokenizer, model, trie = setup
+    drawn = []
+
+    def recording(*args, **kwargs):
+        drawn.append(sample_continuations(*args, **kwargs))
+        return drawn[-1]
+
+    monkeypatch.setattr(forward, "sample_continuations", recording)
+    batch_prompts = prompts(tokenizer)
+    ids, mask = left_pad([torch.tensor(p) for p in batch_prompts], tokenizer.pad_token_id)
+    target = torch.tensor([trie.title_token_ids(0)] * 3)
+    batch = Batch(ids, mask, target, torch.ones_like(target), torch.ones(3), None)
+    with torch.no_grad():
+        _, subtb = flower_losses(
+            model,
+            batch,
+            trie,
+            tokenizer.pad_token_id,
+            torch.Generator().manual_seed(3),
+            reward="plain",
+            sample_temperature=1.0,
+            granularity=100,
+            normalise=normalise,
+        )
+    titles = drawn[0].title_ids.tolist()
+    log_target = np.log(trie.title_reward / trie.title_reward.sum())
+    log_q = [
+        float(title_log_probs(model, trie, p, tokenizer.pad_token_id)[t])
+        for p, t in zip(batch_prompts, titles, strict=True)
+    ]
+    expected = torch.tensor(
+        [(q - log_target[t]) ** 2 for q, t in zip(log_q, titles, strict=True)], dtype=subtb.dtype
+    )
+    if normalise == "children":
+        assert torch.allclose(subtb, expected, rtol=1e-4, atol=1e-5)
+    else:  # mass off the trie lowers log pi below the trie-constrained one: another residual
+        assert not torch.allclose(subtb, expected, rtol=1e-2)

@@ -3,7 +3,7 @@
 Torch-free, so that the figure stage can name its panels in envs/report.yaml.
 """
 
-TUNED = ("sft", "dpo", "grpo", "flower")
+TUNED = ("sft", "dpo", "grpo", "flower", "flower_vocab")
 METHODS = ("base", *TUNED)
 # The tuning set itself is an i.i.d. draw of the same size from T: its divergence from T is the floor
 # that sampling noise alone sets for any model (a perfect model's samples are such a draw too).
@@ -14,5 +14,6 @@ LABELS = {
     "dpo": "DPO",
     "grpo": "GRPO",
     "flower": "Flower",
+    "flower_vocab": "Flower (SubTB over vocab)",
     TUNING_SET: "Tuning set (draw from T)",
 }

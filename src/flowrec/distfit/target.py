@@ -1,7 +1,7 @@
 """The settings of a distfit run and its target set T = {title: count} (docs/method.md sections 3 and 6).
 
-T comes from a JSON file (`distfit.target`) or is the `top_n` titles of a dataset by train-history
-frequency. The trie over T's titles, with the counts as item rewards R(i), constrains every model's
+T comes from a file (`distfit.target`: JSON {title: count} or CSV title,count, any titles) or, as in
+the paper, is `target_size` titles sampled from a dataset with their train-history counts. The trie over T's titles, with the counts as item rewards R(i), constrains every model's
 sampling and gives Flower its rewards; SFT tunes on titles drawn from T in proportion to the counts.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,8 +30,9 @@ class DistfitSettings:
     """The `distfit:` config block (config/schema.yaml holds the defaults); `lambda_` is the key `lambda`."""
 
     datasets: list[str]  # datasets whose titles form the default target set
-    target: str | None  # JSON {title: count}; None: the top_n titles of the dataset
-    top_n: int  # titles in the default target set
+    target: str | None  # JSON {title: count} or CSV title,count; None: target_size sampled titles
+    target_size: int  # titles sampled from the dataset for the default target set (the paper: 100)
+    target_seed: int  # seed of that draw
     train_samples: int  # tuning samples (titles, pairs, or completions) per method
     epochs: int  # epochs over the tuning samples
     batch_size: int  # samples per optimizer step
@@ -84,57 +85,84 @@ def _reject_duplicates(path: Path):
     return hook
 
 
-def read_target_file(path: str | Path, item_titles: Sequence[str], dataset: str) -> dict[str, float]:
-    """A target set {title: count} from JSON, checked against the dataset's item titles.
+def _checked_count(path: Path, where: str, title: object, count: object) -> float:
+    """A positive finite count of a non-empty title, else a ValueError naming the file and `where`."""
+    if not isinstance(title, str) or not title.strip():
+        raise ValueError(f"{path}: {where}: empty title {title!r}; every title needs text")
+    if (
+        isinstance(count, bool)
+        or not isinstance(count, int | float)
+        or not math.isfinite(count)
+        or count <= 0
+    ):
+        raise ValueError(f"{path}: {where}: title {title!r} has count {count!r}; expected a positive number")
+    return float(count)
 
-    Errors name the file and the title: a title that is no item title of `dataset`, a title given
-    twice (a repeated JSON key, which json.load would otherwise silently collapse), a count that is
-    not a positive number, or fewer than two titles.
-    """
-    path = Path(path)
+
+def _read_json_target(path: Path) -> list[tuple[str, str, object]]:
     try:
         raw = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_reject_duplicates(path))
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from err
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a JSON object {{title: count}}, got {type(raw).__name__}")
-    known = set(item_titles)
-    counts: dict[str, float] = {}
-    for title, count in raw.items():
-        if title not in known:
-            raise ValueError(f"{path}: title {title!r} is not an item title of dataset {dataset!r}")
-        if (
-            isinstance(count, bool)
-            or not isinstance(count, int | float)
-            or not math.isfinite(count)
-            or count <= 0
-        ):
-            raise ValueError(f"{path}: title {title!r} has count {count!r}; expected a positive number")
-        counts[title] = float(count)
+    return [(f"title {title!r}", title, count) for title, count in raw.items()]
+
+
+def _read_csv_target(path: Path) -> list[tuple[str, str, object]]:
+    try:
+        frame = pd.read_csv(path, dtype={"title": str}, keep_default_na=False, skip_blank_lines=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not a readable CSV ({err})") from err
+    if list(frame.columns) != ["title", "count"]:
+        raise ValueError(f"{path}: expected the CSV columns title,count, got {list(frame.columns)}")
+    counts = pd.to_numeric(frame["count"], errors="coerce")
+    rows = []
+    seen: dict[str, int] = {}
+    for row, (title, raw, count) in enumerate(zip(frame["title"], frame["count"], counts, strict=True)):
+        line = row + 2  # 1-based, after the header
+        if title in seen:
+            raise ValueError(
+                f"{path}: line {line}: title {title!r} appears more than once in the target set "
+                f"(first on line {seen[title]})"
+            )
+        seen[title] = line
+        rows.append((f"line {line}", title, raw if math.isnan(count) else float(count)))
+    return rows
+
+
+def read_target_file(path: str | Path) -> dict[str, float]:
+    """A target set {title: count} from a JSON object {title: count} or a CSV with columns title,count.
+
+    The titles may be any text (no dataset is needed: the trie is built from them with the model's
+    tokenizer). Errors name the file and the title (and the CSV line): a title given twice (a repeated
+    JSON key, which json.load would otherwise silently collapse), an empty title, a count that is not a
+    positive number, or fewer than two titles.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"distfit.target: {path} is not a file")
+    rows = _read_csv_target(path) if path.suffix.lower() == ".csv" else _read_json_target(path)
+    counts = {title: _checked_count(path, where, title, count) for where, title, count in rows}
     if len(counts) < 2:
         raise ValueError(f"{path}: a target set needs at least two titles, got {len(counts)}")
     return sort_target(counts)
 
 
-def top_titles(groups: pd.DataFrame, top_n: int) -> dict[str, float]:
-    """The `top_n` most frequent titles of trie/groups.parquet (train-history frequency) with their counts.
-
-    Titles never seen in train histories are left out (count 0 is no target mass); ties by title.
-    """
-    seen = groups.loc[groups["frequency"] > 0, ["title", "frequency"]]
-    ranked = seen.sort_values(["frequency", "title"], ascending=[False, True], kind="stable").head(top_n)
-    if len(ranked) < top_n:
-        log.warning(
-            "only %d titles occur in train histories; the target set has %d < top_n=%d",
-            len(ranked),
-            len(ranked),
-            top_n,
-        )
-    if len(ranked) < 2:
+def sampled_titles(groups: pd.DataFrame, size: int, seed: int) -> dict[str, float]:
+    """The paper's RQ1 target (docs/method.md section 6): `size` titles drawn uniformly without
+    replacement among the titles of trie/groups.parquet that occur in train histories, each with its
+    train-history frequency as count (so the target keeps the dataset's long tail). Seeded."""
+    seen = groups.loc[groups["frequency"] > 0, ["title", "frequency"]].sort_values("title", kind="stable")
+    if len(seen) < 2:
         raise ValueError(
-            f"target set: fewer than two titles with a positive train-history frequency ({len(ranked)})"
+            f"target set: fewer than two titles with a positive train-history frequency ({len(seen)})"
         )
-    return sort_target({str(t): float(c) for t, c in zip(ranked["title"], ranked["frequency"], strict=True)})
+    if len(seen) < size:
+        log.warning("only %d titles occur in train histories; the target set has them all", len(seen))
+    pick = np.sort(np.random.default_rng(seed).choice(len(seen), size=min(size, len(seen)), replace=False))
+    chosen = seen.iloc[pick]
+    return sort_target({str(t): float(c) for t, c in zip(chosen["title"], chosen["frequency"], strict=True)})
 
 
 def draw_titles(target: Mapping[str, float], n: int, seed: int) -> list[str]:

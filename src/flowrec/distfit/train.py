@@ -23,7 +23,9 @@ from flowrec.tune.loop import TrainPaths, train
 from flowrec.tune.objectives import FlowerLoss, SFTLoss, TuneLoss
 from flowrec.tune.settings import TuneSettings
 
-LOOP_METHODS = ("sft", "flower")
+# Flower with SubTB's log pi over the trie state's children, and over the vocabulary (the ablation)
+FLOWER_NORMALISE = {"flower": "children", "flower_vocab": "vocab"}
+LOOP_METHODS = ("sft", *FLOWER_NORMALISE)
 
 
 def tune_data(titles: Sequence[str], trie: Trie, prompt: Sequence[int]) -> TuneData:
@@ -61,7 +63,8 @@ def loop_settings(settings: DistfitSettings) -> TuneSettings:
 
 
 def loop_loss(method: str, trie: Trie, settings: DistfitSettings) -> TuneLoss:
-    """SFTLoss for `sft`; for `flower`, SFT + lambda * SubTB with the counts as rewards.
+    """SFTLoss for `sft`; for `flower` and `flower_vocab`, SFT + lambda * SubTB with the counts as rewards,
+    log pi normalised over the trie state's children (`flower`) or the vocabulary (`flower_vocab`).
 
     History-free prompt: no SASRec score p_ui, so the process reward is the plain one, log R_p, and the
     SubTB states are every token (granularity 1). Above 1, sample_temperature explores: SubTB holds for
@@ -69,13 +72,15 @@ def loop_loss(method: str, trie: Trie, settings: DistfitSettings) -> TuneLoss:
     """
     if method == "sft":
         return SFTLoss()
-    if method == "flower":
+    if method in FLOWER_NORMALISE:
         return FlowerLoss(
             trie=trie,
             lambda_=settings.lambda_,
             reward="plain",
             sample_temperature=settings.sample_temperature,
             granularity=1,
+            normalise=FLOWER_NORMALISE[method],
+            sft_weight=1.0,
         )
     raise ValueError(f"train_with_loop: method {method!r}; expected one of {LOOP_METHODS}")
 

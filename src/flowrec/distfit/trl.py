@@ -38,14 +38,15 @@ log = logging.getLogger(__name__)
 
 
 def dpo_pairs(target: Mapping[str, float], n: int, seed: int) -> tuple[list[str], list[str]]:
-    """`n` (chosen, rejected) title pairs: chosen in proportion to the counts, rejected uniformly among
-    the strictly less frequent titles (the least frequent titles, having none below, are never chosen)."""
+    """`n` (chosen, rejected) title pairs as in the paper's RQ1: chosen uniformly among the target titles,
+    rejected uniformly among the strictly less frequent ones (the least frequent titles, having none
+    below, are never chosen). The counts enter only through the order of the pair."""
     titles = list(target)
     counts = np.fromiter(target.values(), np.float64, len(titles))
     has_lower = np.array([(counts < c).any() for c in counts])
     if not has_lower.any():
         raise ValueError("DPO pairs: every target title has the same count, so no title is less frequent")
-    p = np.where(has_lower, counts, 0.0)
+    p = has_lower.astype(np.float64)
     rng = np.random.default_rng(seed)
     chosen = rng.choice(len(titles), size=n, p=p / p.sum())
     # Uniform over {j : count_j < count_chosen}: a random rank below the number of such titles, read

@@ -1,4 +1,4 @@
-"""Stage distfit_tune: tune the base model on the target set with one method (sft, dpo, grpo, flower),
+"""Stage distfit_tune: tune the base model on the target set with one method (sft, dpo, grpo, flower, flower_vocab),
 on the history-free prompt and the budget every method shares (RQ1, docs/method.md sections 4 and 6).
 
 Every method runs on the process's device (flowrec.distributed.process_device: the GPU the rule gets,
@@ -15,7 +15,7 @@ from flowrec.distfit import trl
 from flowrec.distfit.files import read_samples, read_target
 from flowrec.distfit.methods import TUNED
 from flowrec.distfit.target import DistfitSettings
-from flowrec.distfit.train import train_with_loop
+from flowrec.distfit.train import LOOP_METHODS, train_with_loop
 from flowrec.distributed import process_device
 from flowrec.model import ModelSettings, describe, load_base_model, load_tokenizer, save_tuned
 from flowrec.prompts import history_free_prompt_ids
@@ -61,7 +61,7 @@ def tune(
         describe(llm),
         settings.in_effect(distfit),
     )
-    if method in ("sft", "flower"):
+    if method in LOOP_METHODS:
         tuning = read_samples(tuning_set)
         train_with_loop(
             method,
@@ -98,7 +98,7 @@ STAGE = Stage(
         "distfit": Param("distfit settings: the shared budget and the method's own keys", block="distfit"),
         "base_model": Param("model settings: base model name, LoRA", block="model"),
     },
-    wildcards={"method": "sft, dpo, grpo or flower"},
+    wildcards={"method": "sft, dpo, grpo, flower or flower_vocab"},
 )
 
 if __name__ == "__main__":

@@ -16,18 +16,36 @@ from flowrec.lm import copy_cache, encode_prompts, pad_to, position_ids
 from flowrec.sampling import sample_continuations
 from flowrec.trie import Trie
 from flowrec.tune.data import Batch
-from flowrec.tune.losses import process_log_rewards, sft_loss, subtb_loss, token_log_probs
+from flowrec.tune.losses import NORMALISATIONS, process_log_rewards, sft_loss, subtb_loss, token_log_probs
 
 
-def head_log_probs(model, hidden: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def head_log_probs(
+    model,
+    hidden: torch.Tensor,
+    tokens: torch.Tensor,
+    mask: torch.Tensor,
+    trie: Trie | None = None,
+    nodes: torch.Tensor | None = None,
+) -> torch.Tensor:
     """log pi of `tokens` (B, T) from the decoder states (B, T, H) that predict them, 0 where not `mask`.
 
     The LM head (the largest matmul of a small model) runs on the real tokens only, not on padding.
+    With `trie` and `nodes` (B, T), the trie state each token leaves, log pi is renormalised over that
+    state's children (docs/method.md section 4); without them, over the whole vocabulary.
     """
     sel = mask.bool()
     logits = model.get_output_embeddings()(hidden[sel])  # (N, V)
-    values = token_log_probs(logits.unsqueeze(1), tokens[sel].unsqueeze(1)).squeeze(1)  # (N,)
+    allowed = None
+    if trie is not None:
+        allowed = trie.allowed_mask(nodes[sel], logits.shape[-1]).unsqueeze(1)  # (N, 1, V)
+    values = token_log_probs(logits.unsqueeze(1), tokens[sel].unsqueeze(1), allowed=allowed).squeeze(1)
     return torch.zeros(tokens.shape, dtype=values.dtype, device=values.device).masked_scatter(sel, values)
+
+
+def states_before(trie: Trie, tokens: torch.Tensor) -> torch.Tensor:
+    """(B, T) trie node each token of the titles `tokens` (B, T) leaves: the root, then the path's nodes."""
+    root = torch.zeros(tokens.shape[0], 1, dtype=torch.long, device=tokens.device)
+    return torch.cat([root, trie.path_nodes(tokens)[:, :-1]], dim=1)
 
 
 def sft_losses(model, batch: Batch) -> torch.Tensor:
@@ -52,12 +70,17 @@ def flower_losses(
     reward: str,
     sample_temperature: float,
     granularity: int,
+    normalise: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample (SFT loss (B,), SubTB loss (B,)) of one Flower step; see the module docstring.
 
     `reward` is the process-reward variant (plain, div, add), `sample_temperature` the on-policy
-    sampler's, `granularity` the SubTB state spacing in tokens (docs/method.md section 4).
+    sampler's, `granularity` the SubTB state spacing in tokens, `normalise` what SubTB's log pi is
+    normalised over: `children` (the trie state's children, the policy the sampler and the decoder use)
+    or `vocab` (the whole vocabulary, as the published code does); docs/method.md section 4.
     """
+    if normalise not in NORMALISATIONS:
+        raise ValueError(f"flower.normalise: {normalise!r}; expected one of {NORMALISATIONS}")
     size, prompt_len = batch.prompt_ids.shape
     cache, first_logits = encode_prompts(model, batch.prompt_ids, batch.prompt_mask)  # (B, V) with grad
     sampled = sample_continuations(
@@ -76,8 +99,16 @@ def flower_losses(
     sample_ids, sample_mask = pad_to(sampled.tokens, length, pad_id), pad_to(sampled.mask.long(), length, 0)
     cont = torch.cat([target, sample_ids])  # (2B, L)
     cont_mask = torch.cat([target_mask, sample_mask])
-    first = token_log_probs(first_logits.repeat(2, 1).unsqueeze(1), cont[:, :1])  # (2B, 1): token 0
-    logp = first
+    # SubTB's log pi (the sample half): over the trie state's children, or the vocabulary (`normalise`).
+    children = normalise == "children"
+    nodes = states_before(trie, sample_ids) if children else None
+    first_allowed = None
+    if children:
+        first_allowed = torch.zeros(2 * size, 1, first_logits.shape[-1], dtype=torch.bool, device=cont.device)
+        first_allowed[:size] = True  # the SFT half stays normalised over the vocabulary
+        first_allowed[size:, 0] = trie.allowed_mask(nodes[:, 0], first_logits.shape[-1])
+    first = token_log_probs(first_logits.repeat(2, 1).unsqueeze(1), cont[:, :1], allowed=first_allowed)
+    logp = first  # (2B, 1): token 0
     if length > 1:
         # Tokens 0..L-2 are fed on top of the prompt cache (twice: targets and samples); the last
         # token's state predicts nothing, so it is not fed.
@@ -89,8 +120,17 @@ def flower_losses(
             past_key_values=copy_cache(cache, repeat=2),
             use_cache=True,
         )
-        rest = head_log_probs(model, out.last_hidden_state, cont[:, 1:], cont_mask[:, 1:])  # (2B, L-1)
-        logp = torch.cat([first, rest], dim=1)  # (2B, L)
+        hidden = out.last_hidden_state  # (2B, L-1, H)
+        rest_target = head_log_probs(model, hidden[:size], target[:, 1:], target_mask[:, 1:])
+        rest_sample = head_log_probs(
+            model,
+            hidden[size:],
+            sample_ids[:, 1:],
+            sample_mask[:, 1:],
+            trie if children else None,
+            nodes[:, 1:] if children else None,
+        )
+        logp = torch.cat([first, torch.cat([rest_target, rest_sample])], dim=1)  # (2B, L)
     sft = sft_loss(logp[:size], target_mask, batch.weights)
     edge = pad_to(sampled.edge_log_reward, length, 0.0).to(logp.dtype)
     p_ui = None

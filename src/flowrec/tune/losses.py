@@ -11,13 +11,25 @@ import torch
 REWARD_VARIANTS = ("plain", "div", "add")
 
 
-def token_log_probs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+NORMALISATIONS = ("children", "vocab")
+
+
+def token_log_probs(
+    logits: torch.Tensor,
+    tokens: torch.Tensor,
+    temperature: float = 1.0,
+    allowed: torch.Tensor | None = None,
+) -> torch.Tensor:
     """log pi(y_t | x, y_<t) of the given tokens: (B, T, V) logits and (B, T) ids -> (B, T).
 
     Computed as logit - logsumexp(logits) so that the (B, T, V) log-softmax is never materialised.
+    allowed (B, T, V) bool: renormalise over these tokens only (a trie state's children, docs/method.md
+    section 4), so that mass on other tokens does not change the value; None: the whole vocabulary.
     """
     logits = logits.float() / temperature if temperature != 1.0 else logits.float()
     picked = logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # (B, T)
+    if allowed is not None:
+        logits = logits.masked_fill(~allowed, float("-inf"))
     return picked - torch.logsumexp(logits, dim=-1)
 
 

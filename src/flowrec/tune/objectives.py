@@ -19,6 +19,7 @@ from flowrec.settings import settings_from_block
 from flowrec.trie import Trie
 from flowrec.tune.data import Batch
 from flowrec.tune.forward import flower_losses, sft_losses
+from flowrec.tune.losses import NORMALISATIONS
 
 
 class TuneLoss(Protocol):
@@ -58,11 +59,11 @@ class SFTLoss:
 
 @dataclass
 class FlowerLoss:
-    """Flower's loss L = L_SFT + lambda * L_SubTB (docs/method.md section 4), per sample.
+    """Flower's loss L = sft_weight * L_SFT + lambda * L_SubTB (docs/method.md section 4), per sample.
 
-    `lambda_` is the config key `lambda`; the block's other keys select the process reward (plain,
-    div, add) and the on-policy sampling temperature; `granularity` (trie.granularity) spaces the
-    SubTB states.
+    `lambda_` is the config key `lambda`; sft_weight 0 is pure SubTB (the published RQ1 code); the block's other keys select the process reward (plain,
+    div, add), the on-policy sampling temperature and what SubTB's log pi is normalised over
+    (`normalise`: children or vocab); `granularity` (trie.granularity) spaces the SubTB states.
     """
 
     trie: Trie
@@ -70,8 +71,16 @@ class FlowerLoss:
     reward: str
     sample_temperature: float
     granularity: int
+    normalise: str
+    sft_weight: float
 
     parts = ("sft", "subtb")
+
+    def __post_init__(self) -> None:
+        if self.normalise not in NORMALISATIONS:
+            raise ValueError(
+                f"config block `flower`: normalise {self.normalise!r}; expected one of {NORMALISATIONS}"
+            )
 
     @property
     def uses_p_ui(self) -> bool:
@@ -99,8 +108,9 @@ class FlowerLoss:
             reward=self.reward,
             sample_temperature=self.sample_temperature,
             granularity=self.granularity,
+            normalise=self.normalise,
         )
-        total = sft + self.lambda_ * subtb  # (B,)
+        total = self.sft_weight * sft + self.lambda_ * subtb  # (B,)
         return total, {"sft": sft, "subtb": subtb}
 
     def fingerprint(self) -> dict[str, Any]:
@@ -110,10 +120,18 @@ class FlowerLoss:
             "reward": self.reward,
             "sample_temperature": self.sample_temperature,
             "granularity": self.granularity,
+            "normalise": self.normalise,
+            "sft_weight": self.sft_weight,
         }
 
 
-LOSSES: dict[str, type] = {"bigrec": SFTLoss, "ifairlrs": SFTLoss, "flower": FlowerLoss}
+# flower_vocab is Flower with its `flower:` block's normalise set to vocab (the rule passes that block).
+LOSSES: dict[str, type] = {
+    "bigrec": SFTLoss,
+    "ifairlrs": SFTLoss,
+    "flower": FlowerLoss,
+    "flower_vocab": FlowerLoss,
+}
 
 
 def make_loss(
