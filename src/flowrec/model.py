@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -36,6 +36,8 @@ class LoraSettings:
     dropout: float
     # "all-linear": every linear layer of the transformer blocks (peft excludes the output head)
     target_modules: str | list[str] = "all-linear"
+    # Blocks that get adapters (None: all); model.freeze_layers leaves the lowest ones without
+    layers: list[int] | None = None
 
 
 @dataclass
@@ -48,9 +50,11 @@ class ModelSettings:
     lora_r: int
     lora_alpha: int
     lora_dropout: float
+    freeze_layers: int
 
     def lora_settings(self) -> LoraSettings | None:
-        """LoraSettings when LoRA is on, else None (full fine-tuning)."""
+        """LoraSettings when LoRA is on, else None (full fine-tuning). The blocks that get adapters are
+        resolved against the model by `load_base_model` (freeze_layers)."""
         return LoraSettings(self.lora_r, self.lora_alpha, self.lora_dropout) if self.lora else None
 
 
@@ -130,9 +134,36 @@ def apply_lora(model: PreTrainedModel, lora: LoraSettings):
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
         target_modules=lora.target_modules,
+        layers_to_transform=lora.layers,
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, config)
+
+
+def trained_blocks(model: PreTrainedModel, freeze_layers: int) -> list[int]:
+    """Indices of the transformer blocks above the lowest `freeze_layers` (model.freeze_layers)."""
+    n_layers = int(model.config.num_hidden_layers)
+    if not 0 <= freeze_layers < n_layers:
+        raise ValueError(
+            f"model.freeze_layers: {freeze_layers}; the model has {n_layers} transformer blocks, "
+            f"so it must be in 0..{n_layers - 1}"
+        )
+    return list(range(freeze_layers, n_layers))
+
+
+def freeze_lower_blocks(model: PreTrainedModel, freeze_layers: int) -> None:
+    """Full fine-tuning with the token embeddings and the lowest `freeze_layers` blocks fixed.
+
+    Nothing below the first trained block then needs a gradient, so autograd keeps no activations there
+    and the backward pass stops at it. The embeddings go with the frozen part (with tied weights, as in
+    SmolLM2, the output head is the same matrix and is frozen too, as LoRA leaves it).
+    """
+    trained_blocks(model, freeze_layers)  # checks the range
+    if freeze_layers == 0:
+        return
+    model.get_input_embeddings().weight.requires_grad_(False)
+    for block in model.model.layers[:freeze_layers]:
+        block.requires_grad_(False)
 
 
 def load_base_model(
@@ -141,10 +172,13 @@ def load_base_model(
     *,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
+    freeze_layers: int = 0,
 ):
     """The base causal LM of `name_or_path` on `device` (default: CUDA if available, else CPU).
 
     dtype defaults to fp32 on CPU and bf16 on CUDA; with `lora`, a peft model with trainable adapters.
+    `freeze_layers` (model.freeze_layers): the lowest blocks get no adapters (LoRA) or stay fixed with the
+    embeddings (full fine-tuning).
     `tiny-random` is always built with seed 0, so the name alone identifies its weights (load_tuned
     rebuilds the same base under a LoRA adapter). Returned in train mode (as from_pretrained does not); callers
     switch with .eval() for inference.
@@ -157,7 +191,19 @@ def load_base_model(
         model = load_pretrained(AutoModelForCausalLM, name_or_path, "model", dtype=torch.float32)
     model = model.to(device=device, dtype=dtype)
     if lora is not None:
+        if freeze_layers:
+            # peft takes a block list only with named modules: every linear layer of a block, as all-linear
+            linear = sorted(
+                {
+                    name.rsplit(".", 1)[-1]
+                    for name, m in model.model.layers[0].named_modules()
+                    if isinstance(m, torch.nn.Linear)
+                }
+            )
+            lora = replace(lora, target_modules=linear, layers=trained_blocks(model, freeze_layers))
         model = apply_lora(model, lora)
+    else:
+        freeze_lower_blocks(model, freeze_layers)
     model.train()
     return model
 

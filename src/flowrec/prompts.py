@@ -9,11 +9,17 @@ and concatenated at the id level, never as text).
 Prompt: the tokenizer's chat template when it has one (SmolLM2 has), a system message with the task and
 a user message listing the most recent `max_history` history titles, oldest first, then the assistant
 turn opened (add_generation_prompt=True). Without a chat template a plain instruction/response text.
+
+Two styles (`prompt.style`): `full`, the instruction above (~70 tokens before the first title with
+SmolLM2's template), and `terse`, a one-line system message and the bare numbered titles (~30 tokens):
+every token of the prompt is encoded in every training step and every decoded prompt, so on a CPU
+budget the shorter prompt buys more tuning samples and test prompts (bench/learning_curve.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -21,24 +27,41 @@ SYSTEM = "You are a recommender system. Answer with the title of exactly one ite
 TASK = "Given the movies/items a user interacted with, oldest first, recommend the next item the user will interact with."
 NO_HISTORY = "(no items yet)"
 HISTORY_FREE_TASK = "Recommend an item."
+TERSE_SYSTEM = "Recommend the next movie/item after these, oldest first. Answer with its title only."
+STYLES = ("full", "terse")
 # Termination of every title (docs/method.md section 3): newline, then EOS, as in the reference code.
 TITLE_END = "\n"
 
 
-def history_text(history_titles: Sequence[str], max_history: int) -> str:
-    """The user message: the task and the last `max_history` titles, oldest first, one per line."""
+@dataclass
+class PromptSettings:
+    """The `prompt:` block; build it with flowrec.settings.settings_from_block(.., "prompt")."""
+
+    max_history: int  # history titles shown (most recent)
+    style: str  # full | terse
+
+
+def _check_style(style: str) -> None:
+    if style not in STYLES:
+        raise ValueError(f"prompt.style: {style!r}; expected one of {STYLES}")
+
+
+def history_text(history_titles: Sequence[str], max_history: int, style: str = "full") -> str:
+    """The user message: the last `max_history` titles, oldest first, one per line (`full`: after the task)."""
+    _check_style(style)
     recent = list(history_titles)[-max_history:] if max_history > 0 else []
     lines = "\n".join(f"{i}. {title}" for i, title in enumerate(recent, start=1)) if recent else NO_HISTORY
-    return f"{TASK}\nItems (oldest first):\n{lines}"
+    return f"{TASK}\nItems (oldest first):\n{lines}" if style == "full" else lines
 
 
-def _render(tokenizer, user: str) -> str:
+def _render(tokenizer, user: str, style: str = "full") -> str:
     """Prompt text ending where the answer starts (chat template, or an instruction/response fallback)."""
+    system = SYSTEM if style == "full" else TERSE_SYSTEM
     if getattr(tokenizer, "chat_template", None):
-        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
         return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     bos = tokenizer.bos_token or ""
-    return f"{bos}### Instruction:\n{SYSTEM}\n{user}\n### Response:\n"
+    return f"{bos}### Instruction:\n{system}\n{user}\n### Response:\n"
 
 
 def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
@@ -46,14 +69,18 @@ def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
     return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
-def prompt_ids(tokenizer, history_titles: Sequence[str], max_history: int) -> list[int]:
+def prompt_ids(tokenizer, history_titles: Sequence[str], max_history: int, style: str = "full") -> list[int]:
     """Token ids of the prompt for one sample (docs/method.md section 1); the title's ids follow directly."""
-    return _encode(tokenizer, [_render(tokenizer, history_text(history_titles, max_history))])[0]
+    return _encode(tokenizer, [_render(tokenizer, history_text(history_titles, max_history, style), style)])[
+        0
+    ]
 
 
-def prompt_ids_batch(tokenizer, histories: Sequence[Sequence[str]], max_history: int) -> list[list[int]]:
+def prompt_ids_batch(
+    tokenizer, histories: Sequence[Sequence[str]], max_history: int, style: str = "full"
+) -> list[list[int]]:
     """`prompt_ids` for many samples in one tokenizer call (pre-tokenise a split once, not per step)."""
-    texts = [_render(tokenizer, history_text(h, max_history)) for h in histories]
+    texts = [_render(tokenizer, history_text(h, max_history, style), style) for h in histories]
     return _encode(tokenizer, texts) if texts else []
 
 

@@ -136,3 +136,35 @@ def test_embedded_gguf_saves_and_reloads(tmp_path: Path) -> None:
     loaded, _ = load_tuned(tmp_path / "model", device="cpu")
     with torch.no_grad():
         assert torch.equal(loaded(INPUT).logits, expected)
+
+
+def test_freeze_layers_trains_only_the_upper_blocks() -> None:
+    """Full fine-tuning: embeddings and the lowest blocks get no gradient, every upper block does."""
+    model = load_base_model(TINY_RANDOM, device="cpu", freeze_layers=1)
+    model(INPUT).logits.sum().backward()
+    grads = {n: p.grad is not None for n, p in model.named_parameters()}
+    assert not grads["model.embed_tokens.weight"]
+    assert not any(g for n, g in grads.items() if n.startswith("model.layers.0."))
+    assert all(g for n, g in grads.items() if n.startswith("model.layers.1."))
+    with pytest.raises(ValueError, match=r"model.freeze_layers: 2; the model has 2 transformer blocks"):
+        load_base_model(TINY_RANDOM, device="cpu", freeze_layers=2)
+
+
+def test_freeze_layers_with_lora_puts_adapters_on_the_upper_blocks_only(tmp_path: Path, tokenizer) -> None:
+    model = load_base_model(
+        TINY_RANDOM, LoraSettings(r=4, alpha=8, dropout=0.0), device="cpu", freeze_layers=1
+    )
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n and ".layers.1." in n for n in trainable)
+    # every linear layer of the block, as all-linear does
+    assert {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in trainable} == {
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"
+    }  # fmt: skip
+    _perturb(model)
+    model.eval()
+    with torch.no_grad():
+        expected = model(INPUT).logits
+    save_tuned(model, tokenizer, tmp_path / "model", TINY_RANDOM)
+    loaded, _ = load_tuned(tmp_path / "model", device="cpu")
+    with torch.no_grad():
+        assert torch.allclose(loaded(INPUT).logits, expected, atol=1e-5)

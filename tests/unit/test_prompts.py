@@ -1,6 +1,7 @@
 """Prompts and targets: one construction for training and decoding, titles tokenized apart."""
 
 import numpy as np
+import pytest
 
 from flowrec.prompts import (
     HISTORY_FREE_TASK,
@@ -25,6 +26,18 @@ def test_prompt_lists_recent_history_oldest_first_and_opens_the_answer(tokenizer
     assert "recommend the next item" in text
     no_history = tokenizer.decode(prompt_ids(tokenizer, HISTORY, 0))
     assert "Movie" not in no_history
+
+
+def test_terse_style_lists_the_same_titles_in_fewer_tokens(tokenizer) -> None:
+    full, terse = prompt_ids(tokenizer, HISTORY, 5), prompt_ids(tokenizer, HISTORY, 5, style="terse")
+    text = tokenizer.decode(terse)
+    listing = "\n".join(f"{i}. {t}" for i, t in enumerate(HISTORY[-5:], start=1))
+    assert listing + "<|im_end|>" in text and "Movie 8" not in text
+    assert text.endswith("<|im_start|>assistant\n") and "recommend the next item" not in text
+    assert len(terse) < len(full) - 30
+    assert prompt_ids_batch(tokenizer, [HISTORY], 5, "terse") == [terse]
+    with pytest.raises(ValueError, match="prompt.style: 'short'"):
+        prompt_ids(tokenizer, HISTORY, 5, style="short")
 
 
 def test_batch_helpers_equal_single_calls(tokenizer) -> None:

@@ -14,7 +14,7 @@ from flowrec.trie import build_trie
 from flowrec.tune.data import build_tune_data, group_weights
 from flowrec.tune.forward import sft_losses
 from flowrec.tune.loop import TrainPaths, train
-from flowrec.tune.objectives import FlowerLoss, make_loss
+from flowrec.tune.objectives import FlowerLoss, SFTLoss, make_loss
 from flowrec.tune.run import TuneJob, launch, run_job
 from flowrec.tune.settings import TuneSettings
 
@@ -318,3 +318,40 @@ def test_flower_sft_plus_subtb_fits_the_reward_distribution(tokenizer, tmp_path)
     flower = toy_fit("flower", tokenizer, tmp_path / "flower")
     print(f"toy fit after 100 steps: JS Flower (SFT + SubTB over children) {flower:.4f}")
     assert flower < 0.01
+
+
+def test_group_by_length_pads_less_and_takes_the_same_step(dataset, tokenizer, tmp_path):
+    """tune.group_by_length: micro batches of similar prompt length, the same gradient sum."""
+    train_data, valid_data = tensors(dataset, tokenizer, "bigrec")
+    lengths = train_data.prompt_lengths(np.arange(len(train_data)))
+    assert lengths.min() < lengths.max()  # otherwise there is nothing to group
+    seen: dict[bool, list[int]] = {False: [], True: []}
+    logs = {}
+
+    class Recording(SFTLoss):
+        grouped = False
+
+        def __call__(self, model, batch, pad_id, generator):
+            seen[self.grouped].append(batch.prompt_mask.numel())  # prompt tokens, padding included
+            return super().__call__(model, batch, pad_id, generator)
+
+    for grouped in (False, True):
+        model = tiny_random_model(tokenizer, seed=0)
+        recording = Recording()
+        recording.grouped = grouped
+        train(
+            model,
+            recording,
+            train_data,
+            valid_data,
+            settings(batch_size=16, micro_batch_size=4, group_by_length=grouped),
+            paths(tmp_path / str(grouped)),
+            tokenizer.pad_token_id,
+            name="bigrec",
+        )
+        logs[grouped] = pd.read_csv(tmp_path / str(grouped) / "log.csv").set_index("split")
+    assert sum(seen[True]) < sum(seen[False])
+    # The same samples in the step (the global batch's mean loss), so the same step up to float
+    # summation order (AdamW's first step is near sign(g), so parameters are not compared elementwise).
+    assert logs[True].loc["train", "loss"] == pytest.approx(logs[False].loc["train", "loss"], rel=1e-6)
+    assert logs[True].loc["valid", "loss"] == pytest.approx(logs[False].loc["valid", "loss"], rel=1e-3)

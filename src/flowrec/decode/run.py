@@ -66,6 +66,7 @@ class DecodeJob:
     output: str  # predictions parquet
     decode: dict  # DecodeSettings fields
     max_history: int  # prompt.max_history
+    prompt_style: str  # prompt.style
     p_ui: str | None = None  # sasrec/p_ui_test.npy (D3's assistant only)
     device: str | None = None  # default: cuda:{LOCAL_RANK} when CUDA is available, else cpu
 
@@ -88,7 +89,9 @@ def run_decode(job: DecodeJob) -> dict:
 
     model, tokenizer = load_tuned(job.model_dir, device=device)
     histories = test["history"].iloc[samples[mine]]
-    prompts = prompt_ids_batch(tokenizer, [[item_titles[i] for i in h] for h in histories], job.max_history)
+    prompts = prompt_ids_batch(
+        tokenizer, [[item_titles[i] for i in h] for h in histories], job.max_history, job.prompt_style
+    )
     assistant = None
     if settings.assistant_weight is not None:
         assistant = assistant_masses(job.p_ui, samples[mine], (len(test), len(items)), trie)

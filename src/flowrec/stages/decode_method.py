@@ -13,6 +13,7 @@ import torch
 
 from flowrec.cli import File, Param, Stage
 from flowrec.decode.run import DecodeJob, DecodeSettings, launch
+from flowrec.prompts import PromptSettings
 from flowrec.settings import settings_from_block
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ def decode_method(
     """Decode the seeded test subset with the tuned `model` and write the `predictions` parquet."""
     torch.set_num_threads(threads)
     settings_from_block(DecodeSettings, decode)  # a missing or unknown key fails before the model loads
+    prompt_settings = settings_from_block(PromptSettings, prompt, "prompt")
     job = DecodeJob(
         model_dir=model,
         trie=trie,
@@ -42,7 +44,8 @@ def decode_method(
         test=test,
         output=predictions,
         decode=dict(decode),
-        max_history=int(prompt["max_history"]),
+        max_history=prompt_settings.max_history,
+        prompt_style=prompt_settings.style,
         p_ui=p_ui,
     )
     log.info("%s %s: decoding with %s, %d process(es)", dataset, method, job.decode, nproc)
@@ -65,7 +68,7 @@ STAGE = Stage(
             "decode settings resolved for the method: test_samples, seed, num_beams, num_return, "
             "batch_size, temperature, length_normalise, assistant_weight (null: no assistant)"
         ),
-        "prompt": Param("prompt block: max_history", block="prompt"),
+        "prompt": Param("prompt block: max_history, style", block="prompt"),
     },
     wildcards={"dataset": "dataset name", "method": "method name (labels the log)"},
 )

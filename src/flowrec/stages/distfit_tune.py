@@ -51,7 +51,11 @@ def tune(
     prompt = history_free_prompt_ids(tokenizer)
     device = process_device()
     llm = load_base_model(
-        model_settings.name_or_path, model_settings.lora_settings(), device=device, dtype=torch.float32
+        model_settings.name_or_path,
+        model_settings.lora_settings(),
+        device=device,
+        dtype=torch.float32,
+        freeze_layers=model_settings.freeze_layers,
     )
     log.info(
         "distfit %s on %d target titles, device %s: %s; settings in effect: %s",

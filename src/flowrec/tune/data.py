@@ -46,6 +46,10 @@ class TuneData:
     def __len__(self) -> int:
         return len(self.rows)
 
+    def prompt_lengths(self, index: np.ndarray) -> np.ndarray:
+        """Prompt length in tokens of samples `index`."""
+        return np.array([len(self.prompts[i]) for i in index], dtype=np.int64)
+
     def digest(self) -> str:
         """A content hash of the samples: a checkpoint only resumes on the data it was trained on."""
         h = hashlib.sha256(np.ascontiguousarray(self.rows).tobytes())
@@ -107,16 +111,20 @@ def build_tune_data(
     max_history: int,
     weights: np.ndarray | None = None,
     p_ui_path: str | Path | None = None,
+    style: str = "full",
 ) -> TuneData:
     """Tokenise samples `rows` of a split once. `item_titles[item_id]` is the item's title; `weights` are
-    per split row (all ones when None); `p_ui_path` the split's p_ui file (Flower only)."""
+    per split row (all ones when None); `p_ui_path` the split's p_ui file (Flower only); `style` the
+    prompt style (flowrec.prompts)."""
     rows = np.asarray(rows, dtype=np.int64)
     sub = split.iloc[rows]
     item_title = np.asarray(trie.item_title)
     titles = item_title[sub["target"].to_numpy()]
     ptr, tokens = np.asarray(trie.title_ptr), np.asarray(trie.title_tokens)
     histories = [[item_titles[i] for i in hist] for hist in sub["history"]]
-    prompts = [torch.tensor(p, dtype=torch.long) for p in prompt_ids_batch(tokenizer, histories, max_history)]
+    prompts = [
+        torch.tensor(p, dtype=torch.long) for p in prompt_ids_batch(tokenizer, histories, max_history, style)
+    ]
     targets = [torch.from_numpy(tokens[ptr[t] : ptr[t + 1]].astype(np.int64)) for t in titles]
     w = np.ones(len(rows), np.float32) if weights is None else np.asarray(weights, np.float32)[rows]
     p_ui = load_p_ui(p_ui_path, rows, item_title, len(trie.titles)) if p_ui_path is not None else None

@@ -18,7 +18,8 @@ import torch
 from flowrec.distributed import job_main, launch_job, process_device, world
 from flowrec.io import read_items
 from flowrec.model import ModelSettings, load_base_model, load_tokenizer, save_tuned
-from flowrec.settings import block_defaults, settings_from_block
+from flowrec.prompts import PromptSettings
+from flowrec.settings import settings_from_block
 from flowrec.subsets import seeded_subset
 from flowrec.trie import Trie
 from flowrec.tune.data import build_tune_data, group_weights
@@ -73,7 +74,7 @@ def run_job(job: TuneJob) -> dict:
     loss = make_loss(job.method, job.flower, trie, job.granularity)
     settings = TuneSettings.from_config(job.tune)
     model_settings = settings_from_block(ModelSettings, job.model, "model")
-    max_history = int({**block_defaults("prompt"), **job.prompt}["max_history"])
+    prompt = settings_from_block(PromptSettings, job.prompt, "prompt")
     if loss.uses_p_ui and job.p_ui_train is None:
         raise ValueError(f"tuning job {job.method}: its reward needs p_ui_train (SASRec scores)")
     device = process_device(job.device)
@@ -88,9 +89,11 @@ def run_job(job: TuneJob) -> dict:
     valid_rows = seeded_subset(len(valid_split), settings.valid_samples, settings.seed)
     p_ui = job.p_ui_train if loss.uses_p_ui else None
     train_data = build_tune_data(
-        train_split, train_rows, item_titles, tokenizer, trie, max_history, weights, p_ui
+        train_split, train_rows, item_titles, tokenizer, trie, prompt.max_history, weights, p_ui, prompt.style
     )
-    valid_data = build_tune_data(valid_split, valid_rows, item_titles, tokenizer, trie, max_history)
+    valid_data = build_tune_data(
+        valid_split, valid_rows, item_titles, tokenizer, trie, prompt.max_history, style=prompt.style
+    )
     log.info(
         "%s: %d train / %d valid samples, device %s, world %d",
         job.method,
@@ -102,7 +105,11 @@ def run_job(job: TuneJob) -> dict:
     # fp32 weights on every device: they are the master weights, the forward runs under the bf16
     # autocast of tune.precision (flowrec.tune.accel)
     model = load_base_model(
-        model_settings.name_or_path, model_settings.lora_settings(), device=device, dtype=torch.float32
+        model_settings.name_or_path,
+        model_settings.lora_settings(),
+        device=device,
+        dtype=torch.float32,
+        freeze_layers=model_settings.freeze_layers,
     )
     paths = TrainPaths(Path(job.checkpoints), Path(job.log_csv), Path(job.loss_png))
     result = train(

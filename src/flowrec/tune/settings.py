@@ -14,6 +14,7 @@ class TuneSettings:
     epochs: int  # maximum epochs
     batch_size: int  # effective batch (gradient accumulation over micro batches)
     micro_batch_size: int  # samples per forward pass
+    group_by_length: bool  # micro batches of similar prompt length within each global batch
     learning_rate: float  # AdamW learning rate
     weight_decay: float  # AdamW weight decay
     warmup_ratio: float  # share of steps with linear warm-up

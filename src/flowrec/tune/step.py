@@ -85,6 +85,10 @@ def optimizer_step(
     rank, size = world()
     device = placement(accelerator)
     mine = global_batch[rank::size]
+    if settings.group_by_length:
+        # Similar prompt lengths share a micro batch, so little of it is padding; the gradient is still
+        # the sum over the whole global batch (order only changes the float summation order).
+        mine = mine[np.argsort(data.prompt_lengths(mine), kind="stable")]
     sums = torch.zeros(1 + len(loss.parts), dtype=torch.float64, device=device)
     for start in range(0, len(mine), settings.micro_batch_size):
         batch = data.batch(mine[start : start + settings.micro_batch_size], pad_id, device)
