@@ -1,8 +1,21 @@
 # flowrec: Flower (SIGIR 2025) and its baselines as a Snakemake workflow.
 # Read the DAG with `snakemake --dag | dot -Tpng > dag.png`; each rule calls one module of src/flowrec.
+import os
+import sys
+from pathlib import Path
+
 from snakemake.utils import min_version
 
 min_version("9.0")
+
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+from flowrec.config_checks import load_yaml
+
+# Snakemake's message for a YAML syntax error names neither the file nor the line ("Config file is
+# not valid JSON or YAML"); load_yaml names both. A --configfile is read before this file, by
+# Snakemake alone: `--verbose` or `python -m flowrec.config_checks FILE` show where its error is.
+if os.path.exists("config.yaml"):
+    load_yaml("config.yaml")
 
 
 configfile: "config.yaml"
@@ -22,6 +35,20 @@ include: "rules/evaluate.smk"
 include: "rules/distfit.smk"
 include: "rules/afl.smk"
 include: "rules/report.smk"
+
+
+# A job that fails loses no finished work: the outputs it replaces are kept when the run starts and
+# put back, with their metadata, when it fails (flowrec.last_good, results/.last_good).
+onstart:
+    keep_last_good()
+
+
+onsuccess:
+    discard_last_good()
+
+
+onerror:
+    restore_last_good()
 
 
 localrules:

@@ -60,9 +60,23 @@ def write_text(text: str, path: str | Path) -> None:
         tmp.write_text(text)
 
 
+def read_parquet(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """A parquet file as a DataFrame (as pd.read_parquet), read on the calling thread only.
+
+    pd.read_parquet hands Arrow a Python file object and reads through the dataset API, which starts
+    Arrow's I/O and CPU thread pools (three threads for one small file here). Such threads still alive
+    when the interpreter exits have aborted a finished stage with "terminate called without an active
+    exception" (apache/arrow#34314; the file-object case apache/arrow#50482, avoided there by
+    use_threads=False). ParquetFile on the path with use_threads=False starts no thread at all; the
+    files of a stage are small, so nothing is lost."""
+    with pq.ParquetFile(str(path)) as parquet:
+        table = parquet.read(columns=columns, use_threads=False, use_pandas_metadata=True)
+    return table.to_pandas(use_threads=False)
+
+
 def read_items(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
     """items.parquet (docs/formats.md) sorted by item_id, checked to number the items 0..N-1."""
-    items = pd.read_parquet(path, columns=columns).sort_values("item_id", kind="stable")
+    items = read_parquet(path, columns=columns).sort_values("item_id", kind="stable")
     if not np.array_equal(items["item_id"].to_numpy(), np.arange(len(items))):
         raise ValueError(f"{path}: item_id must be exactly 0..{len(items) - 1} (docs/formats.md)")
     return items.reset_index(drop=True)

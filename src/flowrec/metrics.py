@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from flowrec.io import read_items
+from flowrec.io import read_items, read_parquet
 from flowrec.subsets import seeded_subset
 
 log = logging.getLogger(__name__)
@@ -223,8 +223,8 @@ def read_scoring_inputs(
     rows predict every test sample; they are cut to the LLM methods' seeded subset), each of which must
     be present.
     """
-    pred = pd.read_parquet(predictions, columns=["sample", "titles"])
-    n_test = pd.read_parquet(test, columns=["target"]).shape[0]
+    pred = read_parquet(predictions, columns=["sample", "titles"])
+    n_test = read_parquet(test, columns=["target"]).shape[0]
     if pred["sample"].duplicated().any() or not pred["sample"].between(0, n_test - 1).all():
         raise ValueError(
             f"{predictions}: column `sample` must hold distinct rows of {test} (0..{n_test - 1})"
@@ -241,11 +241,11 @@ def read_scoring_inputs(
         if len(set(titles)) != len(titles):
             raise ValueError(f"{predictions}: sample {sample}: titles are not distinct (docs/formats.md)")
     item_title = read_items(items, columns=["item_id", "title"])["title"]  # index = item id
-    targets = pd.read_parquet(test, columns=["target"])["target"].to_numpy()[pred["sample"].to_numpy()]
+    targets = read_parquet(test, columns=["target"])["target"].to_numpy()[pred["sample"].to_numpy()]
     unknown = np.setdiff1d(targets, item_title.index.to_numpy())
     if len(unknown):
         raise ValueError(f"{test}: target item ids {unknown[:5]} are not in {items}")
-    group_table = pd.read_parquet(groups, columns=["title", "group"])
+    group_table = read_parquet(groups, columns=["title", "group"])
     return ScoringInputs(
         sample_ids=pred["sample"].to_numpy(np.int64),
         rec_titles=[list(t) for t in pred["titles"]],

@@ -9,11 +9,10 @@ partial decode) is scored on the samples it has, with a warning.
 import logging
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 
 from flowrec.cli import Param, Stage
-from flowrec.io import write_json, write_parquet
+from flowrec.io import read_parquet, write_json, write_parquet
 from flowrec.metrics import MetricsSettings, eval_subset, evaluate_rankings, read_scoring_inputs
 from flowrec.sample_metrics import bootstrap_intervals, per_sample_table
 from flowrec.settings import settings_from_block
@@ -37,9 +36,9 @@ def evaluate(
     """Score `predictions` against the test split; write the metrics JSON (point values, intervals) and
     the per-sample values; returns the JSON."""
     settings = settings_from_block(MetricsSettings, metrics, "metrics")
-    n_test = pd.read_parquet(test, columns=["target"]).shape[0]
+    n_test = read_parquet(test, columns=["target"]).shape[0]
     subset = eval_subset(n_test, decode["test_samples"], decode["seed"])
-    present = pd.read_parquet(predictions, columns=["sample"])["sample"].to_numpy()
+    present = read_parquet(predictions, columns=["sample"])["sample"].to_numpy()
     restrict = subset if np.isin(subset, present).all() else None
     if restrict is None:
         log.warning(
