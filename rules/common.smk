@@ -73,8 +73,9 @@ DECODED_METHODS = {
 REFERENCE_METHODS = ["random", "mostpop"]
 TABLE_METHODS = [*REFERENCE_METHODS, "sasrec", *DECODED_METHODS]
 # trl 1.16 ships no PPO trainer, so the reward-maximising RL row is GRPO (flowrec.distfit.trl).
-# flower_vocab: Flower with SubTB's log pi over the vocabulary (flower.normalise: vocab), the ablation.
-DISTFIT_TUNED = ["sft", "dpo", "grpo", "flower", "flower_vocab"]
+# flower_vocab: Flower with SubTB's log pi over the vocabulary (flower.normalise: vocab), the ablation;
+# flower_published: the published RQ1 code's recipe (SubTB alone, replay, unconstrained exploration).
+DISTFIT_TUNED = ["sft", "dpo", "grpo", "flower", "flower_vocab", "flower_published"]
 DISTFIT_ROWS = ["base", *DISTFIT_TUNED]
 
 
@@ -158,11 +159,12 @@ def get_decode_mem_mb(wildcards):
 
 
 def get_distfit_tune_mem_mb(wildcards):
-    """History-free prompts; DPO scores a chosen and a rejected title against a reference model, GRPO
-    scores rl_generations completions per prompt."""
+    """History-free prompts; a Flower row forwards [targets ; samples] as 2B rows, DPO scores a chosen
+    and a rejected title against a reference model, GRPO scores rl_generations completions per prompt."""
     distfit = config["distfit"]
     micro = distfit["micro_batch_size"] or distfit["batch_size"]
-    factor = {"flower": res.FLOWER_FACTOR, "dpo": 2.0, "grpo": 2.0}.get(wildcards.method, 1.0)
+    flower = dict.fromkeys(("flower", "flower_vocab", "flower_published"), res.FLOWER_FACTOR)
+    factor = {**flower, "dpo": 2.0, "grpo": 2.0}.get(wildcards.method, 1.0)
     return res.train_mb(
         MODEL_SHAPE,
         micro,
@@ -284,6 +286,12 @@ _DISTFIT_TUNE_KEYS = ("train_samples", "epochs", "batch_size", "micro_batch_size
 _DISTFIT_TUNE_METHOD_KEYS = {
     "flower": ("lambda", "sample_temperature"),
     "flower_vocab": ("lambda", "sample_temperature"),
+    "flower_published": (
+        "published_learning_rate",
+        "published_subtb_decay",
+        "published_replay_threshold",
+        "published_off_trie_log_reward",
+    ),
     "dpo": ("dpo_beta",),
     "grpo": ("rl_generations",),
 }
@@ -302,8 +310,8 @@ def get_distfit_target_inputs(wildcards):
 
 
 def get_distfit_tune_settings(wildcards):
-    """Shared tuning keys plus the method's own (Flower: lambda and sample temperature; DPO: beta; GRPO:
-    group size)."""
+    """Shared tuning keys plus the method's own (Flower: lambda and sample temperature; the published
+    recipe: its learning rate, decay, replay threshold and off-trie reward; DPO: beta; GRPO: group size)."""
     return get_distfit_settings(_DISTFIT_TUNE_KEYS + _DISTFIT_TUNE_METHOD_KEYS.get(wildcards.method, ()))
 
 

@@ -1,5 +1,5 @@
 # Distribution fitting without history (the paper's RQ1, docs/method.md sections 4 and 6): a target set
-# of titles with counts, one base model tuned four ways on the history-free prompt, titles sampled under
+# of titles with counts, one base model tuned six ways on the history-free prompt, titles sampled under
 # the target trie, and their divergence from the target (flowrec.distfit; one stage entry per rule).
 
 

@@ -219,7 +219,7 @@ def _changed(before: dict, model) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["sft", "flower", "dpo", "grpo"])
+@pytest.mark.parametrize("method", ["sft", "flower", "flower_published", "dpo", "grpo"])
 def test_tuning_driver_end_to_end(tiny, tmp_path, method):
     from flowrec.model import load_base_model, load_tuned, save_tuned
 
@@ -227,7 +227,7 @@ def test_tuning_driver_end_to_end(tiny, tmp_path, method):
     model = load_base_model("tiny-random", device="cpu")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     log_csv, loss_png = tmp_path / "log.csv", tmp_path / "loss.png"
-    if method in ("sft", "flower"):
+    if method in ("sft", "flower", "flower_published"):
         tuning = draw_titles(target, settings.train_samples, settings.seed)
         train_with_loop(
             method, model, trie, prompt, tuning, target, settings, tokenizer.pad_token_id, log_csv, loss_png
@@ -299,6 +299,42 @@ def test_flower_sample_temperature_reaches_the_sampler(tiny, tmp_path, monkeypat
         tmp_path / "v.png",
     )
     assert seen["loss"].normalise == "vocab" and seen["name"] == "flower_vocab"
+
+
+def test_published_recipe_gets_its_settings_and_its_own_learning_rate(tiny, tmp_path, monkeypatch):
+    """flower_published: the published recipe's loss with the distfit.published_* keys, at
+    published_learning_rate; every other budget key is the one the other rows share."""
+    import dataclasses
+
+    import flowrec.distfit.train as distfit_train
+    from flowrec.distfit.published import PublishedRQ1Loss
+
+    seen = {}
+
+    def fake_train(model, loss, train_data, valid_data, cfg, *args, **kwargs):
+        seen.update(loss=loss, cfg=cfg, n=len(train_data), **kwargs)
+
+    monkeypatch.setattr(distfit_train, "train", fake_train)
+    tokenizer, target, trie, prompt, settings = tiny
+    mine = dataclasses.replace(
+        settings,
+        published_learning_rate=2e-5,
+        published_subtb_decay=0.9,
+        published_replay_threshold=0.4,
+        published_off_trie_log_reward=-12.0,
+    )
+    tuning = draw_titles(target, settings.train_samples, settings.seed)
+    args = (None, trie, prompt, tuning, target, mine, 0, tmp_path / "p.csv", tmp_path / "p.png")
+    train_with_loop("flower_published", *args)
+    loss, cfg = seen["loss"], seen["cfg"]
+    assert isinstance(loss, PublishedRQ1Loss) and seen["name"] == "flower_published"
+    assert (loss.subtb_decay, loss.replay_threshold, loss.off_trie_log_reward) == (0.9, 0.4, -12.0)
+    assert cfg.learning_rate == 2e-5 and seen["n"] == settings.train_samples
+    assert (cfg.epochs, cfg.batch_size) == (settings.epochs, settings.batch_size)
+    train_with_loop("sft", *args)
+    assert seen["cfg"].learning_rate == settings.learning_rate
+    defaults = DistfitSettings.from_block({})
+    assert defaults.published_learning_rate == 1e-5 and defaults.published_off_trie_log_reward == -15.0
 
 
 def test_distfit_bootstrap_draws_reproduce_the_table_and_bound_it():

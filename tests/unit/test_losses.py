@@ -56,6 +56,27 @@ def test_subtb_matches_hand_computation(granularity):
         assert got[i].item() == pytest.approx(want, rel=1e-12)
 
 
+@pytest.mark.parametrize("granularity", [1, 2])
+def test_subtb_decay_weighs_a_segment_by_its_length(granularity):
+    """The published RQ1 code's segment-length decay: a pair of states n - m tokens apart weighs
+    decay^(n - m - 1) in a weighted mean; decay 1 is the equal-weight mean."""
+    rng = np.random.default_rng(7)
+    log_pi, log_r = rng.normal(size=(2, 5)), rng.normal(size=(2, 5))
+    mask = torch.tensor([[1] * 5, [1] * 3 + [0] * 2])
+    args = (torch.tensor(log_pi), torch.tensor(log_r), mask, granularity)
+    got = subtb_loss(*args, decay=0.5)
+    for i, n in enumerate([5, 3]):
+        states = sorted(set(range(0, n + 1, granularity)) | {n})
+        pairs = list(itertools.combinations(states, 2))
+        weights = [0.5 ** (b - a - 1) for a, b in pairs]
+        residuals = [(log_pi[i, a:b].sum() - log_r[i, a:b].sum()) ** 2 for a, b in pairs]
+        want = sum(w * r for w, r in zip(weights, residuals, strict=True)) / sum(weights)
+        assert got[i].item() == pytest.approx(want, rel=1e-12)
+    assert torch.equal(subtb_loss(*args, decay=1.0), subtb_loss(*args))
+    with pytest.raises(ValueError, match="decay"):
+        subtb_loss(*args, decay=0.0)
+
+
 def test_subtb_granularity_two_by_hand():
     # Three tokens, granularity 2: states 0, 2, 3 -> pairs (0,2), (0,3), (2,3).
     log_pi = torch.tensor([[-1.0, -2.0, -0.5]])

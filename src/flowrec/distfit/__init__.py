@@ -9,7 +9,8 @@ Modules:
 - files: target.json, samples and exact-probability parquet files, read and written — torch-free, so
   that the figure stage runs in envs/report.yaml;
 - target: DistfitSettings and the target set (target file, top titles, tuning draws, target trie);
-- train: SFT and Flower through the pipeline's own training loop (flowrec.tune);
+- train: SFT and the Flower rows through the pipeline's own training loop (flowrec.tune);
+- published: the published RQ1 recipe's loss (flower_published); explore: its unconstrained sampler;
 - trl: DPO and GRPO through trl;
 - trl_log: trl's metrics into log.csv rows and the rule log (a TrainerCallback);
 - evaluate: title generation under the trie and the divergence table.

@@ -40,6 +40,10 @@ class DistfitSettings:
     learning_rate: float  # AdamW, linear decay to zero, no warm-up (all methods)
     lambda_: float  # Flower: L = L_SFT + lambda * L_SubTB
     sample_temperature: float  # Flower: temperature of the titles SubTB scores (1: on-policy)
+    published_learning_rate: float  # flower_published: its own AdamW learning rate (the published 1e-5)
+    published_subtb_decay: float  # flower_published: SubTB segment-length decay (the published 1.0)
+    published_replay_threshold: float  # flower_published: replay until the replay loss is under this
+    published_off_trie_log_reward: float  # flower_published: log reward of a sequence leaving the trie
     dpo_beta: float  # DPO temperature beta
     rl_generations: int  # GRPO group size: completions per prompt
     generate: int | None  # titles generated per model; None: train_samples

@@ -2,8 +2,10 @@
 
 SFT (BIGRec) is cross-entropy on the tuning set, titles drawn i.i.d. in proportion to the counts; Flower
 adds lambda * SubTB on titles sampled from the policy at `sample_temperature` (1: on-policy, the paper's
-setting), with the counts as rewards. Both run through flowrec.tune.loop.train, so the SubTB loss, the
-on-policy sampler and the optimiser are the main experiment's.
+setting), with the counts as rewards; `flower_published` is the published RQ1 code's recipe
+(flowrec.distfit.published: SubTB alone, replay then unconstrained exploration, its own learning rate).
+All run through flowrec.tune.loop.train, so the SubTB loss, the samplers and the optimiser are the main
+experiment's.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from flowrec.distfit.published import PublishedRQ1Loss
 from flowrec.distfit.target import DistfitSettings, draw_titles
 from flowrec.settings import block_defaults
 from flowrec.trie import Trie
@@ -25,7 +28,7 @@ from flowrec.tune.settings import TuneSettings
 
 # Flower with SubTB's log pi over the trie state's children, and over the vocabulary (the ablation)
 FLOWER_NORMALISE = {"flower": "children", "flower_vocab": "vocab"}
-LOOP_METHODS = ("sft", *FLOWER_NORMALISE)
+LOOP_METHODS = ("sft", *FLOWER_NORMALISE, "flower_published")
 
 
 def tune_data(titles: Sequence[str], trie: Trie, prompt: Sequence[int]) -> TuneData:
@@ -42,15 +45,17 @@ def tune_data(titles: Sequence[str], trie: Trie, prompt: Sequence[int]) -> TuneD
     )
 
 
-def loop_settings(settings: DistfitSettings) -> TuneSettings:
-    """The loop's settings for the distfit budget: every method gets the same steps, no early stop."""
+def loop_settings(settings: DistfitSettings, method: str) -> TuneSettings:
+    """The loop's settings for the distfit budget: every method gets the same steps, no early stop;
+    `flower_published` its own learning rate (the published code's), the others the shared one."""
+    published = method == "flower_published"
     return TuneSettings(
         train_samples=None,
         valid_samples=None,
         epochs=settings.epochs,
         batch_size=settings.batch_size,
         micro_batch_size=settings.micro_batch_size,
-        learning_rate=settings.learning_rate,
+        learning_rate=settings.published_learning_rate if published else settings.learning_rate,
         weight_decay=0.0,
         warmup_ratio=0.0,
         patience=settings.epochs,  # never stop early: every method gets the same budget
@@ -64,7 +69,8 @@ def loop_settings(settings: DistfitSettings) -> TuneSettings:
 
 def loop_loss(method: str, trie: Trie, settings: DistfitSettings) -> TuneLoss:
     """SFTLoss for `sft`; for `flower` and `flower_vocab`, SFT + lambda * SubTB with the counts as rewards,
-    log pi normalised over the trie state's children (`flower`) or the vocabulary (`flower_vocab`).
+    log pi normalised over the trie state's children (`flower`) or the vocabulary (`flower_vocab`);
+    PublishedRQ1Loss for `flower_published`.
 
     History-free prompt: no SASRec score p_ui, so the process reward is the plain one, log R_p, and the
     SubTB states are every token (granularity 1). Above 1, sample_temperature explores: SubTB holds for
@@ -72,6 +78,13 @@ def loop_loss(method: str, trie: Trie, settings: DistfitSettings) -> TuneLoss:
     """
     if method == "sft":
         return SFTLoss()
+    if method == "flower_published":
+        return PublishedRQ1Loss(
+            trie=trie,
+            subtb_decay=settings.published_subtb_decay,
+            replay_threshold=settings.published_replay_threshold,
+            off_trie_log_reward=settings.published_off_trie_log_reward,
+        )
     if method in FLOWER_NORMALISE:
         return FlowerLoss(
             trie=trie,
@@ -97,7 +110,7 @@ def train_with_loop(
     log_csv: str | Path,
     loss_png: str | Path,
 ) -> None:
-    """Tune `model` in place with SFT (`sft`) or Flower (`flower`) through flowrec.tune.loop.train.
+    """Tune `model` in place with SFT (`sft`) or a Flower row through flowrec.tune.loop.train.
 
     The loop's validation loss (it keeps the best epoch) is the SFT loss on a second seeded draw from
     T of a quarter of the tuning set's size. Its checkpoints go to a temporary folder: a distfit run
@@ -112,7 +125,7 @@ def train_with_loop(
             loss,
             tune_data(tuning_titles, trie, prompt),
             tune_data(valid_titles, trie, prompt),
-            loop_settings(settings),
+            loop_settings(settings, method),
             paths,
             pad_id,
             name=method,

@@ -83,7 +83,7 @@ STAGE = Stage(
         ),
         "model_name": Param("base model (for method base)", block="model.name_or_path"),
     },
-    wildcards={"method": "base, or a tuned method: sft, dpo, grpo, flower, flower_vocab"},
+    wildcards={"method": "base, or a tuned method: sft, dpo, grpo, flower, flower_vocab, flower_published"},
 )
 
 if __name__ == "__main__":

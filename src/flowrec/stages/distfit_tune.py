@@ -1,5 +1,6 @@
-"""Stage distfit_tune: tune the base model on the target set with one method (sft, dpo, grpo, flower, flower_vocab),
-on the history-free prompt and the budget every method shares (RQ1, docs/method.md sections 4 and 6).
+"""Stage distfit_tune: tune the base model on the target set with one method (sft, dpo, grpo, flower,
+flower_vocab, flower_published), on the history-free prompt and the budget every method shares (RQ1,
+docs/method.md sections 4 and 6; flower_published with its own learning rate).
 
 Every method runs on the process's device (flowrec.distributed.process_device: the GPU the rule gets,
 else the CPU) with fp32 weights; on CUDA under bf16 autocast (the pipeline's loop with tune.precision
@@ -102,7 +103,7 @@ STAGE = Stage(
         "distfit": Param("distfit settings: the shared budget and the method's own keys", block="distfit"),
         "base_model": Param("model settings: base model name, LoRA", block="model"),
     },
-    wildcards={"method": "sft, dpo, grpo, flower or flower_vocab"},
+    wildcards={"method": "sft, dpo, grpo, flower, flower_vocab or flower_published"},
 )
 
 if __name__ == "__main__":

@@ -100,7 +100,11 @@ def process_log_rewards(
 
 
 def subtb_loss(
-    log_pi: torch.Tensor, log_reward: torch.Tensor, mask: torch.Tensor, granularity: int = 1
+    log_pi: torch.Tensor,
+    log_reward: torch.Tensor,
+    mask: torch.Tensor,
+    granularity: int = 1,
+    decay: float = 1.0,
 ) -> torch.Tensor:
     """Subtrajectory balance of docs/method.md section 4 (Flower, Gao et al. 2025, eq. of L_SubTB), (B,).
 
@@ -109,10 +113,14 @@ def subtb_loss(
     tokens. States sit every `granularity` tokens from the prompt (state 0) plus the title's end. For
     every pair of states m < n the residual is
         sum_{t=m}^{n-1} log pi  -  sum_{t=m}^{n-1} log R_p,
-    and the loss is the mean of the squared residuals over all pairs, equally weighted.
+    and the loss is the mean of the squared residuals over all pairs, equally weighted by default;
+    `decay` lambda weighs a pair lambda^(n - m - 1) (n - m in tokens; the weighted mean), the segment-length
+    decay of the published RQ1 code (its `subtb_lambda`; 1 there too, and here the paper's equal weights).
     """
     if granularity < 1:
         raise ValueError(f"granularity must be >= 1, got {granularity}")
+    if not decay > 0:
+        raise ValueError(f"SubTB decay must be positive, got {decay}")
     mask_f = mask.to(log_pi.dtype)
     diff = (log_pi - log_reward) * mask_f  # (B, T)
     zero = diff.new_zeros(diff.shape[0], 1)
@@ -126,4 +134,8 @@ def subtb_loss(
     pair = is_state.unsqueeze(2) & is_state.unsqueeze(1)
     pair = pair & torch.ones_like(pair[0]).triu(1).unsqueeze(0)  # m < n
     pair_f = pair.to(residual.dtype)
-    return (residual.square() * pair_f).sum((-1, -2)) / pair_f.sum((-1, -2)).clamp_min(1.0)
+    if decay != 1.0:
+        span = (boundary.unsqueeze(0) - boundary.unsqueeze(1)).clamp_min(1) - 1  # (T+1, T+1): n - m - 1
+        pair_f = pair_f * decay ** span.to(residual.dtype)
+    weight = pair_f.sum((-1, -2))
+    return (residual.square() * pair_f).sum((-1, -2)) / torch.where(weight > 0, weight, 1.0)
