@@ -55,6 +55,7 @@ def loop_settings(settings: DistfitSettings, method: str) -> TuneSettings:
         epochs=settings.epochs,
         batch_size=settings.batch_size,
         micro_batch_size=settings.micro_batch_size,
+        group_by_length=False,  # one history-free prompt: every sample has the same length
         learning_rate=settings.published_learning_rate if published else settings.learning_rate,
         weight_decay=0.0,
         warmup_ratio=0.0,
