@@ -159,11 +159,30 @@ def _check_model(config: Mapping) -> list[str]:
     return [f"model.name_or_path: {problem}"] if problem else []
 
 
+def _check_freeze_layers(config: Mapping) -> list[str]:
+    """model.freeze_layers leaves at least one block to train, where the block count is known before any
+    job runs (a model flowrec knows, or a folder with config.json); otherwise the tuning job checks it."""
+    from flowrec.resources import model_shape  # light: no torch
+
+    frozen, name = config["model"].get("freeze_layers", 0), config["model"]["name_or_path"]
+    if not frozen:
+        return []
+    shape, origin = model_shape(name)
+    if origin != "known" and not origin.endswith("config.json"):
+        return []
+    if frozen >= shape.layers:
+        return [
+            f"model.freeze_layers: {frozen}; {name} has {shape.layers} transformer blocks, "
+            f"so it must be in 0..{shape.layers - 1}"
+        ]
+    return []
+
+
 def check_config(config: Mapping, results: str | Path = "results") -> None:
     """Raise ConfigError listing every problem found (each naming its key); the config passed the schema."""
     errors = _check_finite(config)
     errors += _check_datasets(config) + _check_batches(config) + _check_decode(config, results)
-    errors += _check_model(config)
+    errors += _check_model(config) + _check_freeze_layers(config)
     if errors:
         raise ConfigError("config:\n  " + "\n  ".join(errors))
 

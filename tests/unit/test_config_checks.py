@@ -63,6 +63,11 @@ def test_tiny_and_default_configs_pass(tiny, tmp_path):
         ("decode.num_return", 5, r"decode.num_return \(5\) exceeds decode.num_beams \(4\)"),
         ("model.name_or_path", "/no/such/model", "model.name_or_path: model `/no/such/model`: no such file"),
         ("model.name_or_path", "./missing.gguf", "model.name_or_path: .*no such GGUF file"),
+        (
+            "model.freeze_layers",
+            2,
+            r"model.freeze_layers: 2; tiny-random has 2 transformer blocks, so it must be in 0..1",
+        ),
         # a hub id that is not cached, offline (tests/conftest.py sets HF_HUB_OFFLINE=1)
         (
             "model.name_or_path",
