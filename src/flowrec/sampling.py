@@ -55,7 +55,8 @@ def sample_continuations(
 ) -> SampledTitles:
     """Sample one title per prompt from the policy, constrained to the trie, on top of a prompt cache.
 
-    `cache` is extended in place (pass a detached copy). require_flow restricts every step to edges
+    `cache` is extended in place (pass a detached copy); a step where every row has one allowed token
+    needs no logits, so its tokens are fed later, together with the next ones that do. require_flow restricts every step to edges
     with positive flow, so that each sampled title has a finite reward (Flower's training samples).
     Constrained sampling only needs the logits of the allowed tokens (the softmax is renormalised over
     them), so after the first token the decoder's last hidden state is multiplied with the output
@@ -73,22 +74,34 @@ def sample_continuations(
     mask = prompt_mask.clone()
     hidden = None
     tokens, rewards, active, states = [], [], [], []
+    fed = 0  # tokens[:fed] are in the cache
     for _ in range(int(trie.depth.max())):
         # The children of each row's node, read from the trie's CSR (no (B, V) mask): finished rows
         # sit at a leaf and have none.
         ids, child, valid = trie.children(nodes, require_flow=require_flow)  # (B, K)
         if not bool((valid[:, 0] | finished).all()):
             raise RuntimeError("sampling reached a trie node with no allowed token (no flow below it?)")
-        if hidden is None:
-            logits = first_logits.gather(1, ids)
+        if ids.shape[1] == 1:
+            # Every row has one choice (below the first tokens most title paths do not branch): no
+            # logits needed, and the tokens wait to be fed with the next ones that do need them. The
+            # one-token draw keeps the generator's stream as if the step had been scored.
+            choice = torch.multinomial(torch.ones(batch, 1, device=device), 1, generator=generator)
         else:
-            logits = (head.weight[ids] @ hidden.unsqueeze(-1)).squeeze(-1)  # (B, K)
-            if bias is not None:
-                logits = logits + bias[ids]
-        scores = (logits.float() / temperature).masked_fill(~valid, float("-inf"))
-        # Finished rows (no allowed token) emit padding so that the batch advances together.
-        scores[:, 0] = torch.where(finished, 0.0, scores[:, 0])
-        choice = torch.multinomial(torch.softmax(scores, -1), 1, generator=generator)  # (B, 1)
+            if fed < len(tokens):  # the tokens taken since the last scored step, in one forward
+                out, mask = feed_tokens(
+                    decoder, cache, mask, torch.stack(tokens[fed:], 1), active=torch.stack(active[fed:], 1)
+                )
+                cache, hidden, fed = out.past_key_values, out.last_hidden_state[:, -1], len(tokens)
+            if hidden is None:
+                logits = first_logits.gather(1, ids)
+            else:
+                logits = (head.weight[ids] @ hidden.unsqueeze(-1)).squeeze(-1)  # (B, K)
+                if bias is not None:
+                    logits = logits + bias[ids]
+            scores = (logits.float() / temperature).masked_fill(~valid, float("-inf"))
+            # Finished rows (no allowed token) emit padding so that the batch advances together.
+            scores[:, 0] = torch.where(finished, 0.0, scores[:, 0])
+            choice = torch.multinomial(torch.softmax(scores, -1), 1, generator=generator)  # (B, 1)
         token = torch.where(finished, pad_id, ids.gather(1, choice).squeeze(1))
         reached = child.gather(1, choice).squeeze(1)
         rewards.append(torch.where(finished, 0.0, trie.log_reward_into(reached).float()))
@@ -99,8 +112,6 @@ def sample_continuations(
         finished = finished | trie.is_leaf(nodes)
         if bool(finished.all()):
             break
-        out, mask = feed_tokens(decoder, cache, mask, token, active=active[-1])
-        cache, hidden = out.past_key_values, out.last_hidden_state[:, -1]
     if not bool(finished.all()):
         raise RuntimeError("sampling ran past the trie's depth without reaching a title")
     return SampledTitles(

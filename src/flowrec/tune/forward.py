@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 from transformers import DynamicCache
 
-from flowrec.lm import copy_cache, encode_prompts, position_ids
+from flowrec.lm import copy_cache, encode_prompts, pad_to, position_ids
 from flowrec.sampling import sample_continuations
 from flowrec.trie import Trie
 from flowrec.tune.data import Batch
@@ -65,19 +65,18 @@ def head_logits_of(model, hidden: torch.Tensor) -> Callable:
 def continuation_states(
     model, cache: DynamicCache, prompt_mask: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor
 ) -> torch.Tensor | None:
-    """Decoder states (B, T-1, H) of the titles `tokens` (B, T) but their last token (whose state
-    predicts nothing) fed on top of the prompt `cache`, with gradients into it; None when T = 1.
-
-    The cache is not copied: the forward extends a new DynamicCache holding the prompt's tensors,
-    so the target and the sampled title each run on top of the same prompt encoding."""
+    """Decoder states (R*B, T-1, H) of titles `tokens` (R*B, T) but their last token, fed on top of
+    the prompt `cache` of B rows repeated R times (rows r*B + b continue prompt b), with gradients into
+    it; None when T = 1 (the last token's state predicts nothing)."""
     if tokens.shape[1] < 2:
         return None
-    full_mask = torch.cat([prompt_mask, mask[:, :-1]], dim=1)
+    repeat = len(tokens) // len(prompt_mask)
+    full_mask = torch.cat([prompt_mask.repeat(repeat, 1), mask[:, :-1]], dim=1)
     out = model.get_decoder()(
         input_ids=tokens[:, :-1],
         attention_mask=full_mask,
         position_ids=position_ids(full_mask)[:, prompt_mask.shape[1] :],
-        past_key_values=copy_cache(cache),
+        past_key_values=copy_cache(cache, repeat=repeat),
         use_cache=True,
     )
     return out.last_hidden_state
@@ -128,24 +127,34 @@ def flower_losses(
         require_flow=True,
         generator=generator,
     )
-    # SFT on the target title: log pi over the vocabulary.
+    # Both titles but their last token (whose state predicts nothing) in one forward of 2B rows on top
+    # of the prompt cache repeated twice: one embedding lookup and one pass through the layers.
     target, target_mask = batch.target_ids, batch.target_mask
+    tokens, mask, states = sampled.tokens, sampled.mask.long(), sampled.states
+    size, length = len(target), max(target.shape[1], tokens.shape[1])
+    both = torch.cat([pad_to(target, length, pad_id), pad_to(tokens, length, pad_id)])
+    hidden = continuation_states(
+        model,
+        cache,
+        batch.prompt_mask,
+        both,
+        torch.cat([pad_to(target_mask, length, 0), pad_to(mask, length, 0)]),
+    )
+    # SFT on the target title: log pi over the vocabulary.
     logp = token_log_probs(first_logits.unsqueeze(1), target[:, :1])  # (B, 1): token 0
-    hidden = continuation_states(model, cache, batch.prompt_mask, target, target_mask)
-    if hidden is not None:
-        logp = torch.cat([logp, head_log_probs(model, hidden, target[:, 1:], target_mask[:, 1:])], 1)
+    if target.shape[1] > 1:
+        rest = head_log_probs(model, hidden[:size, : target.shape[1] - 1], target[:, 1:], target_mask[:, 1:])
+        logp = torch.cat([logp, rest], 1)
     sft = sft_loss(logp, target_mask, batch.weights)
     # SubTB on the sampled title: log pi over the trie state's children or the vocabulary (`normalise`).
-    tokens, mask, states = sampled.tokens, sampled.mask.long(), sampled.states
     if normalise == "children":
         logp = children_log_probs(
             trie, tokens[:, 0], states[:, 0], lambda ids, _: first_logits.gather(1, ids)
-        )
-        logp = logp.unsqueeze(1)
+        ).unsqueeze(1)
     else:
         logp = token_log_probs(first_logits.unsqueeze(1), tokens[:, :1])
-    hidden = continuation_states(model, cache, batch.prompt_mask, tokens, mask)
-    if hidden is not None:
+    if tokens.shape[1] > 1:
+        hidden = hidden[size:, : tokens.shape[1] - 1]
         if normalise == "children":
             sel = mask[:, 1:].bool()
             values = children_log_probs(
