@@ -83,19 +83,21 @@ def encode_prompts(model, ids: torch.Tensor, mask: torch.Tensor) -> tuple[Dynami
 def feed_tokens(
     module, cache: DynamicCache, mask: torch.Tensor, tokens: torch.Tensor, active=None, **forward_kwargs
 ):
-    """Feed one token per row (B,) on top of `cache` (extended in place): (module output, new mask).
+    """Feed one token per row (B,), or k tokens per row (B, k), on top of `cache` (extended in place):
+    (module output, new mask).
 
     `module` is the causal LM (its output has `.logits`) or its decoder (`.last_hidden_state`, for
-    callers that apply the LM head to a few tokens only). `active` (B,) bool marks rows whose token is
-    real; the others are fed masked padding so that a batch advances together. `forward_kwargs` go to
+    callers that apply the LM head to a few tokens only). `active` (tokens' shape) bool marks real
+    tokens; the others are fed masked padding so that a batch advances together. `forward_kwargs` go to
     the module (e.g. logits_to_keep=1 for the causal LM).
     """
-    new = torch.ones_like(mask[:, :1]) if active is None else active.long().unsqueeze(1)
-    mask = torch.cat([mask, new], dim=1)
+    tokens = tokens.unsqueeze(1) if tokens.dim() == 1 else tokens
+    new = torch.ones_like(tokens) if active is None else active.long().reshape(tokens.shape)
+    mask = torch.cat([mask, new.to(mask.dtype)], dim=1)
     out = module(
-        input_ids=tokens.unsqueeze(1),
+        input_ids=tokens,
         attention_mask=mask,
-        position_ids=position_ids(mask)[:, -1:],
+        position_ids=position_ids(mask)[:, -tokens.shape[1] :],
         past_key_values=cache,
         use_cache=True,
         **forward_kwargs,

@@ -2,7 +2,8 @@
 
 The prompt is encoded once and each sampled token is fed alone on top of its cache (flowrec.lm: left
 padding, positions over real tokens), so a padded prompt samples as the unpadded one would.
-All samples of a batch advance in parallel: the trie constraint is one boolean (B, V) mask a step.
+All samples of a batch advance in parallel: each step reads the children of every row's trie node from
+the trie's CSR arrays (Trie.children) and scores only those tokens.
 """
 
 from dataclasses import dataclass
@@ -17,12 +18,14 @@ from flowrec.trie import Trie
 @dataclass
 class SampledTitles:
     """Titles sampled under the trie: right-padded tokens (B, T), their mask, the title id of each
-    sample, and log R_p of every taken edge (0 on padding)."""
+    sample, log R_p of every taken edge (0 on padding) and the trie node each token leaves (the
+    title's last node on padding)."""
 
     tokens: torch.Tensor
     mask: torch.Tensor
     title_ids: torch.Tensor
     edge_log_reward: torch.Tensor
+    states: torch.Tensor
 
 
 def allowed_ids(allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,7 +55,8 @@ def sample_continuations(
 ) -> SampledTitles:
     """Sample one title per prompt from the policy, constrained to the trie, on top of a prompt cache.
 
-    `cache` is extended in place (pass a detached copy). require_flow restricts every step to edges
+    `cache` is extended in place (pass a detached copy); a step where every row has one allowed token
+    needs no logits, so its tokens are fed later, together with the next ones that do. require_flow restricts every step to edges
     with positive flow, so that each sampled title has a finite reward (Flower's training samples).
     Constrained sampling only needs the logits of the allowed tokens (the softmax is renormalised over
     them), so after the first token the decoder's last hidden state is multiplied with the output
@@ -60,39 +64,54 @@ def sample_continuations(
     of a small model). This assumes a linear LM head without logit post-processing (Llama, Qwen, SmolLM).
     """
     batch, vocab = first_logits.shape
+    if trie.max_token >= vocab:
+        raise ValueError(f"trie holds token id {trie.max_token}, not below vocab_size {vocab}")
     device = first_logits.device
     decoder, head = model.get_decoder(), model.get_output_embeddings()
+    bias = getattr(head, "bias", None)
     nodes = torch.zeros(batch, dtype=torch.long, device=device)  # the root
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     mask = prompt_mask.clone()
     hidden = None
-    tokens, rewards, active = [], [], []
+    tokens, rewards, active, states = [], [], [], []
+    fed = 0  # tokens[:fed] are in the cache
     for _ in range(int(trie.depth.max())):
-        allowed = trie.allowed_mask(nodes, vocab, require_flow=require_flow)  # (B, V)
-        ids, valid = allowed_ids(allowed)  # (B, K)
+        # The children of each row's node, read from the trie's CSR (no (B, V) mask): finished rows
+        # sit at a leaf and have none.
+        ids, child, valid = trie.children(nodes, require_flow=require_flow)  # (B, K)
         if not bool((valid[:, 0] | finished).all()):
             raise RuntimeError("sampling reached a trie node with no allowed token (no flow below it?)")
-        if hidden is None:
-            logits = first_logits.gather(1, ids)
+        if ids.shape[1] == 1:
+            # Every row has one choice (below the first tokens most title paths do not branch): no
+            # logits needed, and the tokens wait to be fed with the next ones that do need them. The
+            # one-token draw keeps the generator's stream as if the step had been scored.
+            choice = torch.multinomial(torch.ones(batch, 1, device=device), 1, generator=generator)
         else:
-            logits = (head.weight[ids] @ hidden.unsqueeze(-1)).squeeze(-1)  # (B, K)
-            if getattr(head, "bias", None) is not None:
-                logits = logits + head.bias[ids]
-        scores = (logits.float() / temperature).masked_fill(~valid, float("-inf"))
-        # Finished rows (no allowed token) emit padding so that the batch advances together.
-        scores[:, 0] = torch.where(finished, 0.0, scores[:, 0])
-        choice = torch.multinomial(torch.softmax(scores, -1), 1, generator=generator)  # (B, 1)
+            if fed < len(tokens):  # the tokens taken since the last scored step, in one forward
+                out, mask = feed_tokens(
+                    decoder, cache, mask, torch.stack(tokens[fed:], 1), active=torch.stack(active[fed:], 1)
+                )
+                cache, hidden, fed = out.past_key_values, out.last_hidden_state[:, -1], len(tokens)
+            if hidden is None:
+                logits = first_logits.gather(1, ids)
+            else:
+                logits = (head.weight[ids] @ hidden.unsqueeze(-1)).squeeze(-1)  # (B, K)
+                if bias is not None:
+                    logits = logits + bias[ids]
+            scores = (logits.float() / temperature).masked_fill(~valid, float("-inf"))
+            # Finished rows (no allowed token) emit padding so that the batch advances together.
+            scores[:, 0] = torch.where(finished, 0.0, scores[:, 0])
+            choice = torch.multinomial(torch.softmax(scores, -1), 1, generator=generator)  # (B, 1)
         token = torch.where(finished, pad_id, ids.gather(1, choice).squeeze(1))
-        reward = trie.edge_log_reward_of(torch.where(finished, 0, nodes), token)
-        rewards.append(torch.where(finished, 0.0, reward.float()))
+        reached = child.gather(1, choice).squeeze(1)
+        rewards.append(torch.where(finished, 0.0, trie.log_reward_into(reached).float()))
         tokens.append(token)
         active.append(~finished)
-        nodes = torch.where(finished, nodes, trie.step(nodes, token))
+        states.append(nodes)
+        nodes = torch.where(finished, nodes, reached)
         finished = finished | trie.is_leaf(nodes)
         if bool(finished.all()):
             break
-        out, mask = feed_tokens(decoder, cache, mask, token, active=active[-1])
-        cache, hidden = out.past_key_values, out.last_hidden_state[:, -1]
     if not bool(finished.all()):
         raise RuntimeError("sampling ran past the trie's depth without reaching a title")
     return SampledTitles(
@@ -100,6 +119,7 @@ def sample_continuations(
         mask=torch.stack(active, 1),
         title_ids=trie.title_of(nodes),
         edge_log_reward=torch.stack(rewards, 1),
+        states=torch.stack(states, 1),
     )
 
 

@@ -144,6 +144,8 @@ class Trie:
         if cached is None:
             t = functools.partial(torch.as_tensor, device=device)
             width = self.max_token + 1
+            flow_edge = np.flatnonzero(self.flow[self.child_node] > 0)  # ascending: grouped by node
+            owner = self.parent[self.child_node[flow_edge]]
             plain = ("child_ptr", "child_token", "child_node", "leaf_start", "leaf_end", "node_title")
             cached = SimpleNamespace(
                 **{name: t(getattr(self, name)) for name in plain},
@@ -151,6 +153,10 @@ class Trie:
                 # ascending, as the CSR is sorted by (node, token): searchsorted finds edges
                 keys=t(self.parent[self.child_node] * width + self.child_token),
                 child_flow=t(self.flow[self.child_node] > 0),
+                # The edges into nodes with positive flow as a CSR of their own (flow_ptr over
+                # flow_edge, edge ids), so that sampling restricted to them packs children directly.
+                flow_ptr=t(np.concatenate([[0], np.cumsum(np.bincount(owner, minlength=self.n_nodes))])),
+                flow_edge=t(flow_edge),
                 log_flow=t(self.log_flow),
                 node_log_reward=t(self.node_log_reward),
             )
@@ -191,12 +197,42 @@ class Trie:
         mask[rows, c.child_token[edges]] = True
         return mask
 
+    def children(
+        self, nodes: torch.Tensor, require_flow: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The edges out of each node of `nodes` (B,), packed to the left in token order:
+        (tokens (B, K), child nodes (B, K), valid (B, K)), K the most edges of a row (at least 1);
+        -1 rows and leaves have none. The rows of `allowed_mask` as id lists, read from the CSR
+        without a (B, V) mask (K is a few tokens below the root).
+
+        require_flow: only edges into nodes with positive flow (their own CSR, `_on`).
+        """
+        c = self._on(nodes.device)
+        nodes = nodes.long()
+        ptr = c.flow_ptr if require_flow else c.child_ptr
+        safe = nodes.clamp_min(0)
+        start = ptr[safe]
+        counts = torch.where(nodes >= 0, ptr[safe + 1] - start, torch.zeros_like(start))
+        width = max(int(counts.max()), 1) if len(nodes) else 1
+        slot = torch.arange(width, device=nodes.device)
+        valid = slot < counts.unsqueeze(1)  # (B, K)
+        edges = torch.where(valid, start.unsqueeze(1) + slot, 0)
+        if require_flow:
+            edges = c.flow_edge[edges] if len(c.flow_edge) else edges
+        tokens = torch.where(valid, c.child_token[edges], 0)
+        return tokens, torch.where(valid, c.child_node[edges], -1), valid
+
     def edge_log_reward_of(self, nodes: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """log R_p(s, a) for states `nodes` and tokens `tokens` (float64), -inf for missing edges."""
         c = self._on(nodes.device)
         child = self.step(nodes, tokens)
         out = c.node_log_reward[child.clamp_min(0)]
         return torch.where(child >= 0, out, torch.full_like(out, -torch.inf))
+
+    def log_reward_into(self, nodes: torch.Tensor) -> torch.Tensor:
+        """log R_p of the edge into each node of `nodes` (float64, any shape); 0 at the root and for -1."""
+        out = self._on(nodes.device).node_log_reward[nodes.long().clamp_min(0)]
+        return torch.where(nodes >= 0, out, torch.zeros_like(out))
 
     def state_log_flows(self, nodes: torch.Tensor) -> torch.Tensor:
         """log F(s) of states `nodes` (float64, any shape), -inf for -1 or zero flow.

@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from flowrec.lm import copy_cache, encode_prompts, left_pad
+from flowrec.lm import copy_cache, encode_prompts, left_pad, position_ids
 from flowrec.model import load_tokenizer, tiny_random_model
 from flowrec.prompts import history_free_prompt_ids, prompt_ids, title_ids_batch
-from flowrec.sampling import sample_continuations, sample_titles
+from flowrec.sampling import allowed_ids, sample_continuations, sample_titles
 from flowrec.trie import Trie
 from flowrec.tune.data import Batch
 from flowrec.tune.forward import flower_losses, sft_losses
-from flowrec.tune.losses import token_log_probs
+from flowrec.tune.losses import process_log_rewards, subtb_loss, token_log_probs
 
 TITLES = ["Toy Story", "Toy Story 2", "Heat", "Casino", "Fargo", "Babe"]
 REWARDS = [5.0, 1.0, 0.0, 3.0, 0.0, 1.0]  # Heat and Fargo never occur in histories: no flow
@@ -159,3 +159,109 @@ def test_flower_subtb_scores_the_policy_it_names(setup, monkeypatch, normalise):
         assert torch.allclose(subtb, expected, rtol=1e-4, atol=1e-5)
     else:  # mass off the trie lowers log pi below the trie-constrained one: another residual
         assert not torch.allclose(subtb, expected, rtol=1e-2)
+
+
+def reference_samples(model, trie, ids, mask, pad_id, generator) -> torch.Tensor:
+    """Trie-constrained sampling the plain way: the whole [prompt ; title so far] through the model
+    every step, a (B, V) mask of the flowing children, the packed ids drawn as the sampler draws them."""
+
+    nodes = torch.zeros(len(ids), dtype=torch.long)
+    done = torch.zeros(len(ids), dtype=torch.bool)
+    tokens = []
+    while not bool(done.all()):
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits[:, -1]
+        allowed = trie.allowed_mask(nodes, logits.shape[-1], require_flow=True)
+        packed, valid = allowed_ids(allowed)
+        scores = logits.gather(1, packed).masked_fill(~valid, float("-inf"))
+        scores[:, 0] = torch.where(done, 0.0, scores[:, 0])
+        choice = torch.multinomial(torch.softmax(scores, -1), 1, generator=generator)
+        token = torch.where(done, pad_id, packed.gather(1, choice).squeeze(1))
+        tokens.append(token)
+        nodes = torch.where(done, nodes, trie.step(nodes, token))
+        ids = torch.cat([ids, token.unsqueeze(1)], 1)
+        mask = torch.cat([mask, (~done).long().unsqueeze(1)], 1)
+        done = done | trie.is_leaf(nodes)
+    return torch.stack(tokens, 1)
+
+
+def test_sampler_draws_what_the_plain_masked_sampler_draws(setup):
+    """The sampler reads children from the trie's CSR and feeds one token a step on a KV cache; with
+    the same generator it draws the same titles as full forwards and (B, V) masks do."""
+    tokenizer, model, trie = setup
+    batch = prompts(tokenizer) * 4
+    ids, mask = left_pad([torch.tensor(p) for p in batch], tokenizer.pad_token_id)
+    with torch.no_grad():
+        cache, logits = encode_prompts(model, ids, mask)
+    for seed in range(3):
+        out = sample_continuations(
+            model,
+            trie,
+            cache if seed == 0 else encode_prompts(model, ids, mask)[0],
+            mask,
+            logits,
+            tokenizer.pad_token_id,
+            require_flow=True,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        want = reference_samples(
+            model, trie, ids, mask, tokenizer.pad_token_id, torch.Generator().manual_seed(seed)
+        )
+        assert torch.equal(out.tokens, want)
+        # the states each token leaves: the root, then the path's nodes (the leaf on padding)
+        path = trie.path_nodes(out.tokens)
+        assert torch.equal(out.states[:, 0], torch.zeros(len(batch), dtype=torch.long))
+        assert torch.equal(out.states[:, 1:][out.mask[:, 1:]], path[:, :-1][out.mask[:, 1:]])
+
+
+@pytest.mark.parametrize("normalise", ["children", "vocab"])
+def test_flower_losses_and_gradients_match_a_plain_reference(setup, monkeypatch, normalise):
+    """Flower's step (prompt encoded once, both titles on its cache, children's head rows only)
+    against the plain computation: one full forward of [prompt ; title] per title, (B, T, V) logits,
+    (B, T, V) children masks, rewards looked up in the trie; same losses and same gradients."""
+    import flowrec.tune.forward as forward
+
+    tokenizer, _, trie = setup
+    pad = tokenizer.pad_token_id
+    drawn = []
+
+    def recording(*args, **kwargs):
+        drawn.append(sample_continuations(*args, **kwargs))
+        return drawn[-1]
+
+    monkeypatch.setattr(forward, "sample_continuations", recording)
+    ids, mask = left_pad([torch.tensor(p) for p in prompts(tokenizer)], pad)
+    targets = [torch.tensor(trie.title_token_ids(t)) for t in (0, 3, 5)]
+    tgt = torch.nn.utils.rnn.pad_sequence(targets, batch_first=True, padding_value=pad)
+    tmask = (torch.arange(tgt.shape[1]) < torch.tensor([len(t) for t in targets]).unsqueeze(1)).long()
+    p_ui = torch.rand(3, trie.n_titles, generator=torch.Generator().manual_seed(1)) + 0.5
+    batch = Batch(ids, mask, tgt, tmask, torch.tensor([1.0, 0.5, 2.0]), p_ui)
+    model = tiny_random_model(tokenizer, seed=4)
+    gen = torch.Generator().manual_seed(5)
+    sft, subtb = flower_losses(
+        model, batch, trie, pad, gen, reward="div", sample_temperature=1.0, granularity=1, normalise=normalise
+    )
+    (sft.sum() + 0.3 * subtb.sum()).backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+
+    sampled = drawn[0]
+    tokens, smask = sampled.tokens, sampled.mask.long()
+    full_ids, full_mask = torch.cat([ids, tokens], 1), torch.cat([mask, smask], 1)
+    logits = model(input_ids=full_ids, attention_mask=full_mask, position_ids=position_ids(full_mask)).logits
+    logits = logits[:, ids.shape[1] - 1 : -1]  # (B, T, V): the state before each sampled token
+    states = torch.cat([torch.zeros(3, 1, dtype=torch.long), trie.path_nodes(tokens)[:, :-1]], 1)
+    allowed = None
+    if normalise == "children":
+        allowed = trie.allowed_mask(states.clamp_min(0).reshape(-1), logits.shape[-1]).view(logits.shape)
+        allowed |= ~smask.bool().unsqueeze(-1)  # padding: any finite value, masked by the loss
+    log_pi = token_log_probs(logits, tokens, allowed=allowed)
+    edge = trie.edge_log_reward_of(states.clamp_min(0), tokens).float().masked_fill(~smask.bool(), 0.0)
+    log_reward = process_log_rewards(edge, p_ui[torch.arange(3), sampled.title_ids], "div")
+    want_subtb = subtb_loss(log_pi, log_reward, smask, 1)
+    want_sft = sft_losses(model, batch)
+    (want_sft.sum() + 0.3 * want_subtb.sum()).backward()
+    assert torch.allclose(sft, want_sft, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(subtb, want_subtb, rtol=1e-4, atol=1e-4) and (subtb > 0).all()
+    for name, param in model.named_parameters():
+        assert torch.allclose(grads[name], param.grad, rtol=1e-3, atol=1e-5), name

@@ -151,6 +151,17 @@ def test_torch_side_against_brute_force(seed: int) -> None:
         for n, a in zip(nn.reshape(-1).tolist(), tt.reshape(-1).tolist(), strict=True)
     ]
     assert got == want
+    # children(): each row's edges packed left in token order, with the nodes they lead to
+    for require_flow in (False, True):
+        ids, child, valid = trie.children(nodes, require_flow=require_flow)
+        for row, n in enumerate(nodes.tolist()):
+            kids = {a: c for a, c in children.get(n, {}).items() if flow[c] > 0 or not require_flow}
+            assert valid[row].tolist() == [k < len(kids) for k in range(valid.shape[1])]
+            assert list(
+                zip(ids[row][valid[row]].tolist(), child[row][valid[row]].tolist(), strict=True)
+            ) == sorted(kids.items())
+        want_log_r = [trie.node_log_reward[c] if c >= 0 else 0.0 for c in child.flatten().tolist()]
+        assert trie.log_reward_into(child).flatten().tolist() == want_log_r
     # leaves are exactly the nodes without children, one per title
     leaves = trie.is_leaf(nodes[:-1])
     assert leaves.tolist() == [not children[n] for n in range(trie.n_nodes)]

@@ -10,7 +10,10 @@ Flower step (docs/method.md sections 4 and 8), with the prompt encoded once:
 An SFT step is one forward of [prompt ; target]; logits are only computed where a loss needs them.
 """
 
+from collections.abc import Callable
+
 import torch
+from transformers import DynamicCache
 
 from flowrec.lm import copy_cache, encode_prompts, pad_to, position_ids
 from flowrec.sampling import sample_continuations
@@ -19,33 +22,64 @@ from flowrec.tune.data import Batch
 from flowrec.tune.losses import NORMALISATIONS, process_log_rewards, sft_loss, subtb_loss, token_log_probs
 
 
-def head_log_probs(
-    model,
-    hidden: torch.Tensor,
-    tokens: torch.Tensor,
-    mask: torch.Tensor,
-    trie: Trie | None = None,
-    nodes: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """log pi of `tokens` (B, T) from the decoder states (B, T, H) that predict them, 0 where not `mask`.
-
-    The LM head (the largest matmul of a small model) runs on the real tokens only, not on padding.
-    With `trie` and `nodes` (B, T), the trie state each token leaves, log pi is renormalised over that
-    state's children (docs/method.md section 4); without them, over the whole vocabulary.
-    """
+def head_log_probs(model, hidden: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """log pi of `tokens` (B, T) over the vocabulary, from the decoder states (B, T, H) that predict
+    them; 0 where not `mask`. The LM head (the largest matmul of a small model) runs on the real tokens
+    only, not on padding."""
     sel = mask.bool()
     logits = model.get_output_embeddings()(hidden[sel])  # (N, V)
-    allowed = None
-    if trie is not None:
-        allowed = trie.allowed_mask(nodes[sel], logits.shape[-1]).unsqueeze(1)  # (N, 1, V)
-    values = token_log_probs(logits.unsqueeze(1), tokens[sel].unsqueeze(1), allowed=allowed).squeeze(1)
+    values = token_log_probs(logits.unsqueeze(1), tokens[sel].unsqueeze(1)).squeeze(1)
     return torch.zeros(tokens.shape, dtype=values.dtype, device=values.device).masked_scatter(sel, values)
 
 
-def states_before(trie: Trie, tokens: torch.Tensor) -> torch.Tensor:
-    """(B, T) trie node each token of the titles `tokens` (B, T) leaves: the root, then the path's nodes."""
-    root = torch.zeros(tokens.shape[0], 1, dtype=torch.long, device=tokens.device)
-    return torch.cat([root, trie.path_nodes(tokens)[:, :-1]], dim=1)
+def children_log_probs(
+    trie: Trie, tokens: torch.Tensor, nodes: torch.Tensor, child_logits: Callable
+) -> torch.Tensor:
+    """log pi of `tokens` (N,) renormalised over the children of the trie states `nodes` (N,) they leave
+    (docs/method.md section 4): logit(token) - logsumexp(logits of the children).
+
+    `child_logits(ids, valid)` gives the logits (N, K) of the children's ids (N, K) (any value where not
+    `valid`), so only those are computed, never the (N, V) logits. Every token must be a child.
+    """
+    ids, _, valid = trie.children(nodes)  # (N, K)
+    logits = child_logits(ids, valid).float()
+    picked = logits.gather(1, ((ids == tokens.unsqueeze(1)) & valid).long().argmax(1, keepdim=True))
+    return picked.squeeze(1) - torch.logsumexp(logits.masked_fill(~valid, float("-inf")), dim=-1)
+
+
+def head_logits_of(model, hidden: torch.Tensor) -> Callable:
+    """child_logits for children_log_probs from decoder states `hidden` (N, H): the LM head's rows of
+    the valid children only (a linear head without logit post-processing, as sample_continuations)."""
+    head = model.get_output_embeddings()
+
+    def child_logits(ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        rows = torch.arange(len(ids), device=ids.device).unsqueeze(1).expand_as(ids)[valid]
+        flat = (head.weight[ids[valid]] * hidden[rows]).sum(-1)  # (E,): one dot product per edge
+        if getattr(head, "bias", None) is not None:
+            flat = flat + head.bias[ids[valid]]
+        return flat.new_zeros(ids.shape).masked_scatter(valid, flat)
+
+    return child_logits
+
+
+def continuation_states(
+    model, cache: DynamicCache, prompt_mask: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor | None:
+    """Decoder states (R*B, T-1, H) of titles `tokens` (R*B, T) but their last token, fed on top of
+    the prompt `cache` of B rows repeated R times (rows r*B + b continue prompt b), with gradients into
+    it; None when T = 1 (the last token's state predicts nothing)."""
+    if tokens.shape[1] < 2:
+        return None
+    repeat = len(tokens) // len(prompt_mask)
+    full_mask = torch.cat([prompt_mask.repeat(repeat, 1), mask[:, :-1]], dim=1)
+    out = model.get_decoder()(
+        input_ids=tokens[:, :-1],
+        attention_mask=full_mask,
+        position_ids=position_ids(full_mask)[:, prompt_mask.shape[1] :],
+        past_key_values=copy_cache(cache, repeat=repeat),
+        use_cache=True,
+    )
+    return out.last_hidden_state
 
 
 def sft_losses(model, batch: Batch) -> torch.Tensor:
@@ -81,7 +115,6 @@ def flower_losses(
     """
     if normalise not in NORMALISATIONS:
         raise ValueError(f"flower.normalise: {normalise!r}; expected one of {NORMALISATIONS}")
-    size, prompt_len = batch.prompt_ids.shape
     cache, first_logits = encode_prompts(model, batch.prompt_ids, batch.prompt_mask)  # (B, V) with grad
     sampled = sample_continuations(
         model,
@@ -94,49 +127,46 @@ def flower_losses(
         require_flow=True,
         generator=generator,
     )
-    length = max(batch.target_ids.shape[1], sampled.tokens.shape[1])
-    target, target_mask = pad_to(batch.target_ids, length, pad_id), pad_to(batch.target_mask, length, 0)
-    sample_ids, sample_mask = pad_to(sampled.tokens, length, pad_id), pad_to(sampled.mask.long(), length, 0)
-    cont = torch.cat([target, sample_ids])  # (2B, L)
-    cont_mask = torch.cat([target_mask, sample_mask])
-    # SubTB's log pi (the sample half): over the trie state's children, or the vocabulary (`normalise`).
-    children = normalise == "children"
-    nodes = states_before(trie, sample_ids) if children else None
-    first_allowed = None
-    if children:
-        first_allowed = torch.zeros(2 * size, 1, first_logits.shape[-1], dtype=torch.bool, device=cont.device)
-        first_allowed[:size] = True  # the SFT half stays normalised over the vocabulary
-        first_allowed[size:, 0] = trie.allowed_mask(nodes[:, 0], first_logits.shape[-1])
-    first = token_log_probs(first_logits.repeat(2, 1).unsqueeze(1), cont[:, :1], allowed=first_allowed)
-    logp = first  # (2B, 1): token 0
-    if length > 1:
-        # Tokens 0..L-2 are fed on top of the prompt cache (twice: targets and samples); the last
-        # token's state predicts nothing, so it is not fed.
-        full_mask = torch.cat([batch.prompt_mask.repeat(2, 1), cont_mask[:, :-1]], dim=1)
-        out = model.get_decoder()(
-            input_ids=cont[:, :-1],
-            attention_mask=full_mask,
-            position_ids=position_ids(full_mask)[:, prompt_len:],
-            past_key_values=copy_cache(cache, repeat=2),
-            use_cache=True,
-        )
-        hidden = out.last_hidden_state  # (2B, L-1, H)
-        rest_target = head_log_probs(model, hidden[:size], target[:, 1:], target_mask[:, 1:])
-        rest_sample = head_log_probs(
-            model,
-            hidden[size:],
-            sample_ids[:, 1:],
-            sample_mask[:, 1:],
-            trie if children else None,
-            nodes[:, 1:] if children else None,
-        )
-        logp = torch.cat([first, torch.cat([rest_target, rest_sample])], dim=1)  # (2B, L)
-    sft = sft_loss(logp[:size], target_mask, batch.weights)
-    edge = pad_to(sampled.edge_log_reward, length, 0.0).to(logp.dtype)
+    # Both titles but their last token (whose state predicts nothing) in one forward of 2B rows on top
+    # of the prompt cache repeated twice: one embedding lookup and one pass through the layers.
+    target, target_mask = batch.target_ids, batch.target_mask
+    tokens, mask, states = sampled.tokens, sampled.mask.long(), sampled.states
+    size, length = len(target), max(target.shape[1], tokens.shape[1])
+    both = torch.cat([pad_to(target, length, pad_id), pad_to(tokens, length, pad_id)])
+    hidden = continuation_states(
+        model,
+        cache,
+        batch.prompt_mask,
+        both,
+        torch.cat([pad_to(target_mask, length, 0), pad_to(mask, length, 0)]),
+    )
+    # SFT on the target title: log pi over the vocabulary.
+    logp = token_log_probs(first_logits.unsqueeze(1), target[:, :1])  # (B, 1): token 0
+    if target.shape[1] > 1:
+        rest = head_log_probs(model, hidden[:size, : target.shape[1] - 1], target[:, 1:], target_mask[:, 1:])
+        logp = torch.cat([logp, rest], 1)
+    sft = sft_loss(logp, target_mask, batch.weights)
+    # SubTB on the sampled title: log pi over the trie state's children or the vocabulary (`normalise`).
+    if normalise == "children":
+        logp = children_log_probs(
+            trie, tokens[:, 0], states[:, 0], lambda ids, _: first_logits.gather(1, ids)
+        ).unsqueeze(1)
+    else:
+        logp = token_log_probs(first_logits.unsqueeze(1), tokens[:, :1])
+    if tokens.shape[1] > 1:
+        hidden = hidden[size:, : tokens.shape[1] - 1]
+        if normalise == "children":
+            sel = mask[:, 1:].bool()
+            values = children_log_probs(
+                trie, tokens[:, 1:][sel], states[:, 1:][sel], head_logits_of(model, hidden[sel])
+            )
+            rest = values.new_zeros(sel.shape).masked_scatter(sel, values)
+        else:
+            rest = head_log_probs(model, hidden, tokens[:, 1:], mask[:, 1:])
+        logp = torch.cat([logp, rest], 1)
     p_ui = None
     if batch.p_ui is not None:
-        rows = torch.arange(size, device=batch.p_ui.device)
+        rows = torch.arange(len(tokens), device=batch.p_ui.device)
         p_ui = batch.p_ui[rows, sampled.title_ids.to(batch.p_ui.device)].float().to(logp.device)
-    log_reward = process_log_rewards(edge, p_ui, reward)
-    subtb = subtb_loss(logp[size:], log_reward, sample_mask, granularity)
-    return sft, subtb
+    log_reward = process_log_rewards(sampled.edge_log_reward.to(logp.dtype), p_ui, reward)
+    return sft, subtb_loss(logp, log_reward, mask, granularity)
