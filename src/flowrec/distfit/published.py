@@ -33,7 +33,7 @@ from flowrec.distributed import world
 from flowrec.lm import copy_cache, encode_prompts, pad_to, position_ids
 from flowrec.trie import Trie
 from flowrec.tune.data import Batch
-from flowrec.tune.forward import head_log_probs, states_before
+from flowrec.tune.forward import head_log_probs
 from flowrec.tune.losses import sft_loss, subtb_loss, token_log_probs
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,12 @@ def continuation_log_probs(
     )
     rest = head_log_probs(model, out.last_hidden_state, tokens[:, 1:], mask[:, 1:])
     return torch.cat([first * mask[:, :1], rest], dim=1)
+
+
+def states_before(trie: Trie, tokens: torch.Tensor) -> torch.Tensor:
+    """(B, T) trie node each token of the titles `tokens` (B, T) leaves: the root, then the path's nodes."""
+    root = torch.zeros(tokens.shape[0], 1, dtype=torch.long, device=tokens.device)
+    return torch.cat([root, trie.path_nodes(tokens)[:, :-1]], dim=1)
 
 
 def target_log_rewards(trie: Trie, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
