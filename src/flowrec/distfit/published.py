@@ -30,10 +30,10 @@ import torch.distributed as dist
 
 from flowrec.distfit.explore import sample_unconstrained
 from flowrec.distributed import world
-from flowrec.lm import copy_cache, encode_prompts, pad_to, position_ids
+from flowrec.lm import copy_cache, encode_prompts, pad_to
 from flowrec.trie import Trie
 from flowrec.tune.data import Batch
-from flowrec.tune.forward import head_log_probs
+from flowrec.tune.forward import continuation_states, head_log_probs
 from flowrec.tune.losses import sft_loss, subtb_loss, token_log_probs
 
 log = logging.getLogger(__name__)
@@ -51,18 +51,10 @@ def continuation_log_probs(
     prompt cache of B prompts (repeated k times), with gradients into the prompt encoding; 0 off `mask`."""
     repeat = tokens.shape[0] // prompt_mask.shape[0]
     first = token_log_probs(first_logits.repeat(repeat, 1).unsqueeze(1), tokens[:, :1])  # (N, 1)
-    if tokens.shape[1] == 1:
+    hidden = continuation_states(model, cache, prompt_mask, tokens, mask)
+    if hidden is None:
         return first * mask
-    # Tokens 0..L-2 are fed on the cache; the last token's state predicts nothing.
-    full_mask = torch.cat([prompt_mask.repeat(repeat, 1), mask[:, :-1]], dim=1)
-    out = model.get_decoder()(
-        input_ids=tokens[:, :-1],
-        attention_mask=full_mask,
-        position_ids=position_ids(full_mask)[:, prompt_mask.shape[1] :],
-        past_key_values=copy_cache(cache, repeat=repeat),
-        use_cache=True,
-    )
-    rest = head_log_probs(model, out.last_hidden_state, tokens[:, 1:], mask[:, 1:])
+    rest = head_log_probs(model, hidden, tokens[:, 1:], mask[:, 1:])
     return torch.cat([first * mask[:, :1], rest], dim=1)
 
 
