@@ -25,6 +25,8 @@ report: "report/workflow.rst"
 
 
 include: "rules/common.smk"
+include: "rules/common_distfit.smk"
+include: "rules/common_afl.smk"
 include: "rules/data.smk"
 include: "rules/sasrec.smk"
 include: "rules/model.smk"
@@ -35,6 +37,7 @@ include: "rules/evaluate.smk"
 include: "rules/distfit.smk"
 include: "rules/afl.smk"
 include: "rules/report.smk"
+include: "rules/last_good.smk"
 
 
 # A job that fails loses no finished work: the outputs it replaces are kept when the run starts and

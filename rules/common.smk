@@ -6,7 +6,6 @@ import re
 import sys
 from pathlib import Path
 
-from snakemake.io import is_flagged
 from snakemake.utils import validate
 
 validate(config, "../config/schema.yaml")
@@ -19,7 +18,6 @@ _SRC = str(Path(workflow.basedir) / "src")
 # under conda.
 sys.path.insert(0, _SRC)
 
-from flowrec import last_good
 from flowrec import resources as res
 from flowrec.code_deps import module_files
 from flowrec.config_checks import check_config
@@ -277,144 +275,3 @@ def get_decode_settings(wildcards):
         settings["length_normalise"] = False
         settings["assistant_weight"] = block["d3_weight"] if wildcards.method == "d3" else 1.0
     return settings
-
-
-# --- distribution fitting ---
-# The distfit keys each rule uses (a change reruns that rule and what follows, nothing else).
-_DISTFIT_TARGET_KEYS = ("target", "target_size", "target_seed", "train_samples", "seed")
-_DISTFIT_TUNE_KEYS = ("train_samples", "epochs", "batch_size", "micro_batch_size", "learning_rate", "seed")
-_DISTFIT_TUNE_METHOD_KEYS = {
-    "flower": ("lambda", "sample_temperature"),
-    "flower_vocab": ("lambda", "sample_temperature"),
-    "flower_published": (
-        "published_learning_rate",
-        "published_subtb_decay",
-        "published_replay_threshold",
-        "published_off_trie_log_reward",
-    ),
-    "dpo": ("dpo_beta",),
-    "grpo": ("rl_generations",),
-}
-_DISTFIT_GENERATE_KEYS = ("generate", "train_samples", "generate_batch_size", "seed")
-
-
-def get_distfit_settings(keys):
-    return {key: config["distfit"][key] for key in keys}
-
-
-def get_distfit_target_inputs(wildcards):
-    """The target file when one is configured (editing it reruns the workflow from here; no dataset
-    stage runs), else the dataset's train-history frequencies that the target is sampled from."""
-    target = config["distfit"]["target"]
-    return {"target_file": target} if target else {"groups": f"results/{wildcards.dataset}/trie/groups.parquet"}
-
-
-def get_distfit_tune_settings(wildcards):
-    """Shared tuning keys plus the method's own (Flower: lambda and sample temperature; the published
-    recipe: its learning rate, decay, replay threshold and off-trie reward; DPO: beta; GRPO: group size)."""
-    return get_distfit_settings(_DISTFIT_TUNE_KEYS + _DISTFIT_TUNE_METHOD_KEYS.get(wildcards.method, ()))
-
-
-def get_distfit_generate_inputs(wildcards):
-    """The tuned model, except for the untuned base row."""
-    if wildcards.method == "base":
-        return {}
-    return {"model": f"results/{wildcards.dataset}/distfit/{wildcards.method}/model"}
-
-
-# --- AFL (rules/afl.smk) ---
-# The afl keys of each AFL step (a change reruns that step and what depends on it, nothing else).
-_AFL_CANDIDATE_KEYS = ("users", "n_candidates", "ratios", "seed")
-_AFL_RUN_KEYS = ("max_rounds",)
-_AFL_SIMULATE_KEYS = ("max_rounds", "ratios", "valid_users", "seed")
-_AFL_ABLATIONS = ("afl_norec", "afl_noreward", "afl_none")
-
-
-def get_afl_settings(keys):
-    return {key: config["afl"][key] for key in keys}
-
-
-def get_afl_backend(wildcards):
-    """The backend block for the rows that call the LLM; the base row and the reward-model row call
-    none, so a backend setting does not rerun them."""
-    return None if wildcards.variant in ("base", "reward_model") else config["afl"]["backend"]
-
-
-def get_afl_domain(wildcards):
-    """Prompt wording: movies for MovieLens, products for Amazon and imports (flowrec.afl.data)."""
-    return "movie" if config["datasets"][wildcards.dataset]["source"] == "movielens" else "product"
-
-
-def get_afl_rec_p_ui(wildcards):
-    """p_ui of the test split from the recommendation model: SASRec's own rule, or afl_train_recmodel."""
-    if wildcards.recmodel == "sasrec":
-        return f"results/{wildcards.dataset}/sasrec/p_ui_test.npy"
-    return f"results/{wildcards.dataset}/afl/recmodels/{wildcards.recmodel}/p_ui_test.npy"
-
-
-def get_afl_recommend_outputs(wildcards):
-    """Every recommendation model with the main rows; the ablations with the first model only."""
-    block = config["afl"]
-    first = block["rec_models"][0]
-    files = []
-    for model in block["rec_models"]:
-        for variant in block["variants"]:
-            if variant in _AFL_ABLATIONS and model != first:
-                continue
-            files.append(f"results/{wildcards.dataset}/afl/recommend/{model}/{variant}.json")
-    return files
-
-
-def get_afl_runtime(wildcards):
-    """Minutes of an LLM-calling AFL job at the paper's scale (thousands of calls to an endpoint)."""
-    return 5 if wildcards.variant in ("base", "reward_model") else 600
-
-
-# --- the previous outputs of failing jobs (flowrec.last_good; the Snakefile's onstart/onerror/onsuccess) ---
-
-
-def _last_good_jobs():
-    """(job, outputs) of every job this run will start; temp() outputs are deleted by design and
-    update() ones are never deleted, so neither is kept."""
-    for job in workflow.dag.needrun_jobs():
-        outputs = [str(f) for f in job.output if not is_flagged(f, "temp") and not is_flagged(f, "update")]
-        wildcards = ",".join(f"{k}={v}" for k, v in job.wildcards_dict.items())
-        yield f"{job.rule.name}[{wildcards}]" if wildcards else job.rule.name, outputs
-
-
-def _last_good_warn(action, err):
-    # The safety net never fails a run: a read-only or full results folder gets the workflow's own error.
-    print(f"Warning: could not {action} {last_good.ROOT} ({err})", file=sys.stderr)
-
-
-def keep_last_good():
-    """onstart: hard-link the existing outputs of the jobs to run into results/.last_good."""
-    try:
-        kept = last_good.keep(_last_good_jobs(), last_good.PersistenceStore(workflow.persistence))
-    except OSError as err:
-        _last_good_warn("keep the previous outputs of the jobs to run in", err)
-        return
-    if kept:
-        print(f"Kept the {len(kept)} existing outputs of the jobs to run in {last_good.ROOT} "
-              "(put back if their job fails)", file=sys.stderr)
-
-
-def restore_last_good():
-    """onerror: put back the previous outputs (and metadata) of every job that failed."""
-    try:
-        restored = last_good.restore(last_good.PersistenceStore(workflow.persistence))
-        last_good.discard()
-    except OSError as err:
-        _last_good_warn("restore from", err)
-        return
-    if restored:
-        print("Restored the previous outputs of the failed jobs (revert the change and nothing of "
-              "theirs reruns):\n    " + "\n    ".join(restored), file=sys.stderr)
-
-
-def discard_last_good():
-    """onsuccess: every job finished, the kept outputs are no longer needed."""
-    try:
-        last_good.discard()
-    except OSError as err:
-        _last_good_warn("remove", err)
