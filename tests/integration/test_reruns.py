@@ -194,7 +194,7 @@ def test_data_setting_reruns_the_data_stage_and_what_follows(finished):
 
 def test_sasrec_setting_reruns_sasrec_and_its_users_only(finished):
     jobs = planned_with_overlay(finished, "sasrec_setting.yaml", "sasrec:\n  hidden_size: 8\n")
-    # p_ui feeds Flower's rewards (training) and D3's assistant (decoding); nothing upstream reruns
+    # p_ui feeds both Flower rows' rewards (training) and D3's assistant (decoding); nothing upstream reruns
     assert summary(jobs) == Counter(
         [
             "train_sasrec[ml100k]",
@@ -202,6 +202,9 @@ def test_sasrec_setting_reruns_sasrec_and_its_users_only(finished):
             "tune[ml100k,flower]",
             "decode[ml100k,flower]",
             "evaluate_method[ml100k,flower]",
+            "tune[ml100k,flower_vocab]",
+            "decode[ml100k,flower_vocab]",
+            "evaluate_method[ml100k,flower_vocab]",
             "decode[ml100k,d3]",
             "evaluate_method[ml100k,d3]",
             "decode[ml100k,d3_noassist]",

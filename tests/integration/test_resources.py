@@ -103,7 +103,7 @@ def test_every_gpu_job_asks_for_its_gpus_and_memory(dry_run):
     jobs = planned_jobs(output)
     assert {rule for _, rule, _ in jobs} >= GPU_RULES, "a GPU rule is missing from the plan"
     tune_jobs = [r for _, rule, r in jobs if rule == "tune"]
-    assert len(tune_jobs) == 3 * len(config["active_datasets"])
+    assert len(tune_jobs) == 4 * len(config["active_datasets"])  # bigrec, ifairlrs, flower, flower_vocab
     sft_mb = res.train_mb(shape, config["tune"]["micro_batch_size"], seq, processes=gpus)
     flower_mb = res.train_mb(
         shape, config["tune"]["micro_batch_size"], seq, activation_factor=res.FLOWER_FACTOR, processes=gpus
