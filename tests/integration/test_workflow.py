@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 def test_tiny_workflow_writes_every_table_row(tiny_workflow):
     table = pd.read_csv(tiny_workflow / "results/ml100k/tables/results.csv", index_col="Method")
-    assert list(table.index[:3]) == ["Random", "MostPop", "SASRec"] and len(table) == 9, table
+    assert list(table.index[:3]) == ["Random", "MostPop", "SASRec"] and len(table) == 10, table
     assert table.notna().all().all(), table
     # every metric with its bootstrap interval (a mean's interval holds the mean; resampling lowers
     # counts of distinct words and titles, so H, TTR and coverage may lie above theirs)
@@ -42,6 +42,7 @@ def test_predictions_name_real_items(tiny_workflow):
         "d3_noassist",
         "ifairlrs",
         "flower",
+        "flower_vocab",
     ]:
         preds = pq.read_table(tiny_workflow / f"results/ml100k/predictions/{method}.parquet").to_pandas()
         assert len(preds) > 0
@@ -62,6 +63,8 @@ def test_stats_and_distfit(tiny_workflow):
         "DPO",
         "GRPO",
         "Flower",
+        "Flower (SubTB over vocab)",
+        "Flower (published RQ1 recipe)",
     ]
     assert distfit["title_JS"].between(0, 0.7).all()  # JS in nats is at most ln 2
     assert (distfit["title_JS_lo"] <= distfit["title_JS_hi"]).all()
