@@ -214,7 +214,15 @@ def run(args: argparse.Namespace) -> dict:
     model = build_model(tokenizer, tiny, device)
     report["parameters_M"] = sum(p.numel() for p in model.parameters()) / 1e6
     report["init_s"] = time.perf_counter() - start
-    flower = FlowerLoss(trie=trie, lambda_=0.005, reward="plain", sample_temperature=1.0, granularity=1)
+    flower = FlowerLoss(
+        trie=trie,
+        lambda_=0.005,
+        reward="plain",
+        sample_temperature=1.0,
+        granularity=1,
+        normalise="children",
+        sft_weight=1.0,
+    )
     report["bigrec"] = throughput(model, SFTLoss(), data, settings, device, steps, pad)
     report["flower"] = throughput(model, flower, data, settings, device, steps, pad)
     report["flower_sft_step_ratio"] = report["flower"]["step_s"] / report["bigrec"]["step_s"]
