@@ -12,7 +12,7 @@ import torch
 from flowrec.model import tiny_random_model
 from flowrec.tune.accel import make_accelerator
 from flowrec.tune.loop import train
-from flowrec.tune.objectives import FlowerLoss, make_loss
+from flowrec.tune.objectives import make_loss
 from flowrec.tune.step import Optimisation, optimizer_step
 from tests.unit.test_tune_loop import dataset, paths, settings, tensors, tokenizer  # noqa: F401
 
@@ -26,15 +26,7 @@ def test_resume_from_a_mid_epoch_checkpoint_gives_the_uninterrupted_weights(data
     checkpoint every 3 steps: killed after step 3 (mid-epoch 0), resumed, it ends where a straight run
     does, and writes the same log."""
     data = tensors(dataset, tokenizer, "flower")
-    loss = FlowerLoss(
-        trie=dataset[1],
-        lambda_=0.01,
-        reward="div",
-        sample_temperature=1.0,
-        granularity=1,
-        normalise="children",
-        sft_weight=1.0,
-    )
+    loss = make_loss("flower", {"lambda": 0.01, "reward": "div"}, dataset[1], 1)
     cfg = settings(epochs=2, patience=5, batch_size=4, micro_batch_size=2, checkpoint_steps=3)
 
     def run(folder, on_checkpoint=None):
@@ -116,15 +108,7 @@ def test_master_weights_stay_fp32_when_the_model_is_bf16(dataset, tokenizer, tmp
     hook = model.model.layers[0].mlp.gate_proj.register_forward_hook(
         lambda module, args, out: seen_dtypes.add((module.weight.dtype, out.dtype))
     )
-    loss = FlowerLoss(
-        trie=dataset[1],
-        lambda_=0.01,
-        reward="div",
-        sample_temperature=1.0,
-        granularity=1,
-        normalise="children",
-        sft_weight=1.0,
-    )
+    loss = make_loss("flower", {"lambda": 0.01, "reward": "div"}, dataset[1], 1)
     cfg = settings(precision="bf16", learning_rate=1e-5)
     train(model, loss, train_data, valid_data, cfg, paths(tmp_path), tokenizer.pad_token_id, name="flower")
     hook.remove()
@@ -143,15 +127,7 @@ def test_master_weights_stay_fp32_when_the_model_is_bf16(dataset, tokenizer, tmp
 @pytest.mark.parametrize(("every", "logged_steps"), [(2, [2, 4]), (3, [3, 4])])
 def test_the_log_has_a_line_every_n_steps(every, logged_steps, dataset, tokenizer, tmp_path, caplog):  # noqa: F811
     train_data, valid_data = tensors(dataset, tokenizer, "flower")  # 16 samples: 4 steps of 4
-    loss = FlowerLoss(
-        trie=dataset[1],
-        lambda_=0.01,
-        reward="div",
-        sample_temperature=1.0,
-        granularity=1,
-        normalise="children",
-        sft_weight=1.0,
-    )
+    loss = make_loss("flower", {"lambda": 0.01, "reward": "div"}, dataset[1], 1)
     cfg = settings(batch_size=4, micro_batch_size=4, log_steps=every, max_grad_norm=1.0)
     model = tiny_random_model(tokenizer, seed=0)
     with caplog.at_level(logging.INFO, logger="flowrec"):

@@ -14,7 +14,7 @@ from flowrec.trie import build_trie
 from flowrec.tune.data import build_tune_data, group_weights
 from flowrec.tune.forward import sft_losses
 from flowrec.tune.loop import TrainPaths, train
-from flowrec.tune.objectives import FlowerLoss, SFTLoss, make_loss
+from flowrec.tune.objectives import SFTLoss, make_loss
 from flowrec.tune.run import TuneJob, launch, run_job
 from flowrec.tune.settings import TuneSettings
 
@@ -176,15 +176,7 @@ class Interrupted(Exception):
 
 def test_resume_after_interruption_gives_the_same_weights(dataset, tokenizer, tmp_path):
     data = tensors(dataset, tokenizer, "flower")
-    loss = FlowerLoss(
-        trie=dataset[1],
-        lambda_=0.01,
-        reward="div",
-        sample_temperature=1.0,
-        granularity=1,
-        normalise="children",
-        sft_weight=1.0,
-    )
+    loss = make_loss("flower", {"lambda": 0.01, "reward": "div"}, dataset[1], 1)
     cfg = settings(epochs=2, patience=5, micro_batch_size=8)
 
     def run(folder, on_checkpoint=None):
