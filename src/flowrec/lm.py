@@ -56,14 +56,19 @@ def cache_layers(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 
-def copy_cache(cache: DynamicCache, repeat: int = 1, detach: bool = False) -> DynamicCache:
-    """A new DynamicCache holding the same prompt states, `repeat` times along the batch (row blocks).
+def copy_cache(
+    cache: DynamicCache, repeat: int = 1, detach: bool = False, length: int | None = None
+) -> DynamicCache:
+    """A new DynamicCache holding the same prompt states, `repeat` times along the batch (row blocks),
+    of the first `length` positions only when given (the prompt's part of a [prompt ; target] cache).
 
     The model appends to a cache in place, so every continuation gets its own copy; without `detach`
     the copy stays in the autograd graph (torch.cat), so losses on the continuation reach the prompt.
     """
     layers = []
     for keys, values in cache_layers(cache):
+        if length is not None:
+            keys, values = keys[:, :, :length], values[:, :, :length]
         if detach:
             keys, values = keys.detach(), values.detach()
         if repeat > 1:
@@ -78,6 +83,15 @@ def encode_prompts(model, ids: torch.Tensor, mask: torch.Tensor) -> tuple[Dynami
         input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=True, logits_to_keep=1
     )
     return out.past_key_values, out.logits[:, -1]
+
+
+def encode_prompt_states(model, ids: torch.Tensor, mask: torch.Tensor) -> tuple[DynamicCache, torch.Tensor]:
+    """One decoder forward of the (left-padded) prompts: (KV cache, last hidden state (B, H)), for
+    callers that apply the LM head to a few tokens only (trie-constrained sampling)."""
+    out = model.get_decoder()(
+        input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=True
+    )
+    return out.past_key_values, out.last_hidden_state[:, -1]
 
 
 def feed_tokens(

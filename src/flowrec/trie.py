@@ -111,6 +111,29 @@ class Trie:
         return {t: i for i, t in enumerate(self.titles)}
 
     @functools.cached_property
+    def title_paths(self) -> np.ndarray:
+        """(n_titles, longest path) int64: the node after each token of each title's path, -1 past its
+        leaf (nodes are pre-order, so a title's path is its leaf's ancestors)."""
+        leaves = np.flatnonzero(self.node_title >= 0)
+        leaf = np.empty(self.n_titles, dtype=np.int64)
+        leaf[self.node_title[leaves]] = leaves
+        length = self.depth[leaf].astype(np.int64)
+        out = np.full((self.n_titles, int(length.max(initial=0))), -1, dtype=np.int64)
+        node, pos = leaf.copy(), length - 1
+        while (alive := pos >= 0).any():  # one column per step up the tree, all titles at once
+            out[np.flatnonzero(alive), pos[alive]] = node[alive]
+            node, pos = np.where(alive, self.parent[node], node), pos - 1
+        return out
+
+    def _sole_titles(self, below: np.ndarray) -> np.ndarray:
+        """(n_nodes,) the only title below each node among the titles where `below` (n_titles,) holds,
+        -1 where there are several or none."""
+        count = np.concatenate([[0], np.cumsum(below)])
+        ids = np.flatnonzero(below)
+        first = ids[np.minimum(count[self.leaf_start], max(len(ids) - 1, 0))] if len(ids) else 0
+        return np.where(count[self.leaf_end] - count[self.leaf_start] == 1, first, -1)
+
+    @functools.cached_property
     def flow(self) -> np.ndarray:
         """(n_nodes,) F(node) = sum of R over the titles below it (docs/method.md section 3)."""
         csum = np.concatenate([[0.0], np.cumsum(self.title_reward)])
@@ -159,6 +182,11 @@ class Trie:
                 flow_edge=t(flow_edge),
                 log_flow=t(self.log_flow),
                 node_log_reward=t(self.node_log_reward),
+                node_token=t(self.node_token),
+                depth=t(self.depth),
+                title_paths=t(self.title_paths),
+                sole_title=t(self._sole_titles(np.ones(self.n_titles, dtype=bool))),
+                sole_flowing_title=t(self._sole_titles(self.title_reward > 0)),
             )
             self._torch[key] = cached
         return cached
@@ -221,6 +249,37 @@ class Trie:
             edges = c.flow_edge[edges] if len(c.flow_edge) else edges
         tokens = torch.where(valid, c.child_token[edges], 0)
         return tokens, torch.where(valid, c.child_node[edges], -1), valid
+
+    def sole_title(self, nodes: torch.Tensor, require_flow: bool = False) -> torch.Tensor:
+        """The only title below each node of `nodes` (B,), -1 where there are several; require_flow:
+        the only one with positive reward (the one every flowing path from the node ends at)."""
+        c = self._on(nodes.device)
+        table = c.sole_flowing_title if require_flow else c.sole_title
+        return torch.where(nodes >= 0, table[nodes.long().clamp_min(0)], -1)
+
+    def rest_of_titles(self, nodes: torch.Tensor, titles: torch.Tensor, length: int) -> torch.Tensor:
+        """(B, length): the nodes after the next `length` tokens on the path of `titles` (B,) from
+        `nodes` (B,), each on that path; -1 past a title's leaf."""
+        c = self._on(nodes.device)
+        pos = c.depth[nodes.long()].unsqueeze(1) + torch.arange(length, device=nodes.device)  # (B, length)
+        paths = c.title_paths[titles.long()]  # (B, longest path)
+        inside = pos < paths.shape[1]
+        return torch.where(inside, paths.gather(1, pos.clamp_max(paths.shape[1] - 1)), -1)
+
+    def depth_of(self, nodes: torch.Tensor) -> torch.Tensor:
+        """Tokens in the prefix of each node of `nodes` (any shape)."""
+        return self._on(nodes.device).depth[nodes.long().clamp_min(0)]
+
+    def token_into(self, nodes: torch.Tensor) -> torch.Tensor:
+        """Token of the edge into each node of `nodes` (any shape), -1 at the root and for -1."""
+        c = self._on(nodes.device)
+        return torch.where(nodes >= 0, c.node_token[nodes.long().clamp_min(0)], -1)
+
+    def child_count(self, nodes: torch.Tensor) -> torch.Tensor:
+        """Number of edges out of each node of `nodes` (any shape), zero-flow ones included; 0 for -1."""
+        c = self._on(nodes.device)
+        safe = nodes.long().clamp_min(0)
+        return torch.where(nodes >= 0, c.child_ptr[safe + 1] - c.child_ptr[safe], 0)
 
     def edge_log_reward_of(self, nodes: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """log R_p(s, a) for states `nodes` and tokens `tokens` (float64), -inf for missing edges."""

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from flowrec.lm import copy_cache, encode_prompts, left_pad, position_ids
+from flowrec.lm import copy_cache, encode_prompt_states, encode_prompts, left_pad, position_ids
 from flowrec.model import load_tokenizer, tiny_random_model
 from flowrec.prompts import history_free_prompt_ids, prompt_ids, title_ids_batch
 from flowrec.sampling import allowed_ids, sample_continuations, sample_titles
@@ -52,9 +52,9 @@ def test_sampling_stays_in_trie_and_ends_at_rewarded_titles(setup):
     gen = torch.Generator().manual_seed(0)
     ids, mask = left_pad([torch.tensor(p) for p in batch], tokenizer.pad_token_id)
     with torch.no_grad():
-        cache, logits = encode_prompts(model, ids, mask)
+        cache, hidden = encode_prompt_states(model, ids, mask)
     out = sample_continuations(
-        model, trie, cache, mask, logits, tokenizer.pad_token_id, require_flow=True, generator=gen
+        model, trie, cache, mask, hidden, tokenizer.pad_token_id, require_flow=True, generator=gen
     )
     assert (out.title_ids >= 0).all()
     for row, title in enumerate(out.title_ids.tolist()):
@@ -161,7 +161,7 @@ def test_flower_subtb_scores_the_policy_it_names(setup, monkeypatch, normalise):
         assert not torch.allclose(subtb, expected, rtol=1e-2)
 
 
-def reference_samples(model, trie, ids, mask, pad_id, generator) -> torch.Tensor:
+def reference_samples(model, trie, ids, mask, pad_id, generator, require_flow=True) -> torch.Tensor:
     """Trie-constrained sampling the plain way: the whole [prompt ; title so far] through the model
     every step, a (B, V) mask of the flowing children, the packed ids drawn as the sampler draws them."""
 
@@ -171,7 +171,7 @@ def reference_samples(model, trie, ids, mask, pad_id, generator) -> torch.Tensor
     while not bool(done.all()):
         with torch.no_grad():
             logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits[:, -1]
-        allowed = trie.allowed_mask(nodes, logits.shape[-1], require_flow=True)
+        allowed = trie.allowed_mask(nodes, logits.shape[-1], require_flow=require_flow)
         packed, valid = allowed_ids(allowed)
         scores = logits.gather(1, packed).masked_fill(~valid, float("-inf"))
         scores[:, 0] = torch.where(done, 0.0, scores[:, 0])
@@ -185,29 +185,37 @@ def reference_samples(model, trie, ids, mask, pad_id, generator) -> torch.Tensor
     return torch.stack(tokens, 1)
 
 
-def test_sampler_draws_what_the_plain_masked_sampler_draws(setup):
-    """The sampler reads children from the trie's CSR and feeds one token a step on a KV cache; with
-    the same generator it draws the same titles as full forwards and (B, V) masks do."""
+@pytest.mark.parametrize("require_flow", [True, False])
+def test_sampler_draws_what_the_plain_masked_sampler_draws(setup, require_flow):
+    """The sampler reads children from the trie's CSR, feeds tokens on a KV cache only where a step has
+    a choice and reads forced title tails from the trie at once; with the same generator it draws the
+    same titles, with the same rewards and states, as full forwards and (B, V) masks at every step do."""
     tokenizer, model, trie = setup
     batch = prompts(tokenizer) * 4
     ids, mask = left_pad([torch.tensor(p) for p in batch], tokenizer.pad_token_id)
     with torch.no_grad():
-        cache, logits = encode_prompts(model, ids, mask)
+        cache, hidden = encode_prompt_states(model, ids, mask)
     for seed in range(3):
+        mine = torch.Generator().manual_seed(seed)
         out = sample_continuations(
             model,
             trie,
-            cache if seed == 0 else encode_prompts(model, ids, mask)[0],
+            cache if seed == 0 else encode_prompt_states(model, ids, mask)[0],
             mask,
-            logits,
+            hidden,
             tokenizer.pad_token_id,
-            require_flow=True,
-            generator=torch.Generator().manual_seed(seed),
+            require_flow=require_flow,
+            generator=mine,
         )
-        want = reference_samples(
-            model, trie, ids, mask, tokenizer.pad_token_id, torch.Generator().manual_seed(seed)
-        )
+        gen = torch.Generator().manual_seed(seed)
+        want = reference_samples(model, trie, ids, mask, tokenizer.pad_token_id, gen, require_flow)
         assert torch.equal(out.tokens, want)
+        lengths = torch.tensor([len(trie.title_token_ids(t)) for t in out.title_ids.tolist()])
+        assert torch.equal(out.mask.sum(1), lengths)
+        # the generator is left where the step-by-step sampler leaves it
+        assert torch.rand(1, generator=mine).item() == torch.rand(1, generator=gen).item()
+        edge = trie.edge_log_reward_of(out.states.clamp_min(0), out.tokens).float()
+        assert torch.equal(out.edge_log_reward, edge.masked_fill(~out.mask, 0.0))
         # the states each token leaves: the root, then the path's nodes (the leaf on padding)
         path = trie.path_nodes(out.tokens)
         assert torch.equal(out.states[:, 0], torch.zeros(len(batch), dtype=torch.long))

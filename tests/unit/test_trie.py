@@ -180,6 +180,39 @@ def test_torch_side_against_brute_force(seed: int) -> None:
             assert float(mass[b, k]) == pytest.approx(float(scores[b, below].sum()))
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_title_paths_sole_titles_and_forced_rests_against_brute_force(seed: int) -> None:
+    """What the sampler reads a forced title tail from: each title's path nodes, the only (rewarded)
+    title below a node, and the rest of a title's path from any node on it."""
+    trie, _ = random_trie(seed)
+    children = brute_children(trie)
+    paths = [
+        trie.path_nodes(torch.tensor([trie.title_token_ids(i)]))[0].tolist() for i in range(trie.n_titles)
+    ]
+    for i, path in enumerate(paths):
+        assert trie.title_paths[i].tolist() == path + [-1] * (trie.title_paths.shape[1] - len(path))
+    nodes = torch.tensor([*range(trie.n_nodes), -1])
+    assert trie.child_count(nodes).tolist() == [len(children.get(n, {})) for n in nodes.tolist()]
+    for require_flow in (False, True):
+        sole = trie.sole_title(nodes, require_flow).tolist()
+        for n, got in zip(nodes.tolist(), sole, strict=True):
+            below = [i for i, p in enumerate(paths) if n == 0 or n in p] if n >= 0 else []
+            if require_flow:
+                below = [i for i in below if trie.title_reward[i] > 0]
+            assert got == (below[0] if len(below) == 1 else -1), (n, require_flow)
+    # the rest of title i's path from its k-th node
+    titles = torch.arange(trie.n_titles)
+    for k in range(3):
+        start = torch.tensor([([0] + p)[min(k, len(p))] for p in paths])
+        rest = trie.rest_of_titles(start, titles, 4)
+        for i, p in enumerate(paths):
+            tail = p[min(k, len(p)) :][:4]
+            assert rest[i].tolist() == tail + [-1] * (4 - len(tail))
+        assert trie.token_into(rest).tolist() == [
+            [trie.node_token[n] if n >= 0 else -1 for n in row] for row in rest.tolist()
+        ]
+
+
 def test_save_load_round_trip(tmp_path: Path, hand_trie: Trie) -> None:
     hand_trie.save(tmp_path / "trie.npz")
     loaded = Trie.load(tmp_path / "trie.npz")
