@@ -1,10 +1,11 @@
 """Time one Flower training step against one SFT (BIGRec) step on the same batch and model.
 
-Flower encodes each prompt once and shares it between the SFT target, the on-policy sampler and the
-sampled title (flowrec.tune.forward). What it adds to an SFT step is the sampled title: a few
-single-token forwards without gradients (steps where no sample has a choice are fed in bulk) and the
-title's tokens in the forward and backward. Goal: at most 1.2x an SFT step (issue 13; the published
-implementation measured 2.8x). The batch: MovieLens-100K titles (the copy inside recbole), histories
+A Flower step is an SFT step's forward of [prompt ; target] plus the sampled title (flowrec.tune.forward):
+the sampler's forwards without gradients on the prompt's cache (only where a step has a choice; a title's
+forced tail is read from the trie), then one forward with gradients of the sampled tokens up to the last
+one that has siblings. Goal: at most 1.2x an SFT step (issue 13; the published implementation measured
+2.8x). Each repeat times SFT and then Flower back to back; the paired ratio's interval is a bootstrap
+over the repeats. The batch: MovieLens-100K titles (the copy inside recbole), histories
 of 10 random titles, targets drawn from the catalogue, a trie over all titles whose rewards are random
 counts (a third of the titles have no flow).
 
