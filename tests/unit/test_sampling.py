@@ -222,13 +222,19 @@ def test_sampler_draws_what_the_plain_masked_sampler_draws(setup, require_flow):
         assert torch.equal(out.states[:, 1:][out.mask[:, 1:]], path[:, :-1][out.mask[:, 1:]])
 
 
-@pytest.mark.parametrize("normalise", ["children", "vocab"])
-def test_flower_losses_and_gradients_match_a_plain_reference(setup, monkeypatch, normalise):
-    """Flower's step (prompt encoded once, both titles on its cache, children's head rows only)
-    against the plain computation: one full forward of [prompt ; title] per title, (B, T, V) logits,
-    (B, T, V) children masks, rewards looked up in the trie; same losses and same gradients."""
+@pytest.mark.parametrize(
+    ("normalise", "dense_rows"), [("children", False), ("children", True), ("vocab", False)]
+)
+def test_flower_losses_and_gradients_match_a_plain_reference(setup, monkeypatch, normalise, dense_rows):
+    """Flower's step (prompt encoded once in the SFT forward, the sampled title on its cache up to its
+    last token with siblings, children's head rows only, or whole head rows for states with many
+    children: dense_rows) against the plain computation: one full forward of [prompt ; title] per
+    title, (B, T, V) logits, (B, T, V) children masks, rewards looked up in the trie; same losses and
+    same gradients."""
     import flowrec.tune.forward as forward
 
+    if dense_rows:
+        monkeypatch.setattr(forward, "DENSE_ROW_SHARE", 0.0)
     tokenizer, _, trie = setup
     pad = tokenizer.pad_token_id
     drawn = []
