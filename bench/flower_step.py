@@ -30,7 +30,7 @@ from flowrec.prompts import prompt_ids_batch, title_ids_batch
 from flowrec.settings import settings_from_block
 from flowrec.trie import Trie
 from flowrec.tune.data import TuneData
-from flowrec.tune.objectives import FlowerLoss, SFTLoss
+from flowrec.tune.objectives import SFTLoss, make_loss
 
 
 def movielens_titles() -> list[str]:
@@ -112,15 +112,8 @@ def main() -> None:
     model = load_base_model(args.model, lora, device=device, freeze_layers=args.freeze_layers)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     sft_loss = SFTLoss()
-    flower_loss = FlowerLoss(
-        trie=trie,
-        lambda_=0.005,
-        reward="div",
-        sample_temperature=1.0,
-        granularity=1,
-        normalise="children",
-        sft_weight=1.0,
-    )
+    # config/schema.yaml's defaults for the other `flower:` keys (children normalisation, sft_weight 1)
+    flower_loss = make_loss("flower", {"lambda": 0.005, "reward": "div"}, trie, 1)
     gen = torch.Generator(device=device).manual_seed(args.seed)
 
     def sft():

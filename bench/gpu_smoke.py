@@ -196,7 +196,7 @@ def run(args: argparse.Namespace) -> dict:
     from flowrec.model import load_tokenizer
     from flowrec.prompts import prompt_ids_batch
     from flowrec.tune.data import TuneData
-    from flowrec.tune.objectives import FlowerLoss, SFTLoss
+    from flowrec.tune.objectives import SFTLoss, make_loss
     from flowrec.tune.settings import TuneSettings
 
     tiny = args.cpu_smoke
@@ -214,15 +214,8 @@ def run(args: argparse.Namespace) -> dict:
     model = build_model(tokenizer, tiny, device)
     report["parameters_M"] = sum(p.numel() for p in model.parameters()) / 1e6
     report["init_s"] = time.perf_counter() - start
-    flower = FlowerLoss(
-        trie=trie,
-        lambda_=0.005,
-        reward="plain",
-        sample_temperature=1.0,
-        granularity=1,
-        normalise="children",
-        sft_weight=1.0,
-    )
+    # config/schema.yaml's defaults for the other `flower:` keys (children normalisation, sft_weight 1)
+    flower = make_loss("flower", {"lambda": 0.005, "reward": "plain"}, trie, 1)
     report["bigrec"] = throughput(model, SFTLoss(), data, settings, device, steps, pad)
     report["flower"] = throughput(model, flower, data, settings, device, steps, pad)
     report["flower_sft_step_ratio"] = report["flower"]["step_s"] / report["bigrec"]["step_s"]
