@@ -184,9 +184,6 @@ class Trie:
                 node_log_reward=t(self.node_log_reward),
                 node_token=t(self.node_token),
                 depth=t(self.depth),
-                title_paths=t(self.title_paths),
-                sole_title=t(self._sole_titles(np.ones(self.n_titles, dtype=bool))),
-                sole_flowing_title=t(self._sole_titles(self.title_reward > 0)),
             )
             self._torch[key] = cached
         return cached
@@ -250,19 +247,33 @@ class Trie:
         tokens = torch.where(valid, c.child_token[edges], 0)
         return tokens, torch.where(valid, c.child_node[edges], -1), valid
 
+    def _forced_tails(self, device: torch.device) -> SimpleNamespace:
+        """The tables the sampler reads forced title tails from, on `device`, built on first use (the
+        decoder never needs them): each title's path nodes and the sole (rewarded) title below a node."""
+        key = f"{device}/forced"
+        cached = self._torch.get(key)
+        if cached is None:
+            t = functools.partial(torch.as_tensor, device=device)
+            cached = SimpleNamespace(
+                title_paths=t(self.title_paths),
+                sole_title=t(self._sole_titles(np.ones(self.n_titles, dtype=bool))),
+                sole_flowing_title=t(self._sole_titles(self.title_reward > 0)),
+            )
+            self._torch[key] = cached
+        return cached
+
     def sole_title(self, nodes: torch.Tensor, require_flow: bool = False) -> torch.Tensor:
         """The only title below each node of `nodes` (B,), -1 where there are several; require_flow:
         the only one with positive reward (the one every flowing path from the node ends at)."""
-        c = self._on(nodes.device)
+        c = self._forced_tails(nodes.device)
         table = c.sole_flowing_title if require_flow else c.sole_title
         return torch.where(nodes >= 0, table[nodes.long().clamp_min(0)], -1)
 
     def rest_of_titles(self, nodes: torch.Tensor, titles: torch.Tensor, length: int) -> torch.Tensor:
         """(B, length): the nodes after the next `length` tokens on the path of `titles` (B,) from
         `nodes` (B,), each on that path; -1 past a title's leaf."""
-        c = self._on(nodes.device)
-        pos = c.depth[nodes.long()].unsqueeze(1) + torch.arange(length, device=nodes.device)  # (B, length)
-        paths = c.title_paths[titles.long()]  # (B, longest path)
+        pos = self.depth_of(nodes).unsqueeze(1) + torch.arange(length, device=nodes.device)  # (B, length)
+        paths = self._forced_tails(nodes.device).title_paths[titles.long()]  # (B, longest path)
         inside = pos < paths.shape[1]
         return torch.where(inside, paths.gather(1, pos.clamp_max(paths.shape[1] - 1)), -1)
 
