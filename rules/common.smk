@@ -18,6 +18,7 @@ _SRC = str(Path(workflow.basedir) / "src")
 # under conda.
 sys.path.insert(0, _SRC)
 
+from flowrec import methods
 from flowrec import resources as res
 from flowrec.code_deps import module_files
 from flowrec.config_checks import check_config
@@ -47,39 +48,39 @@ _AFL = config.get("afl", {})
 # With a target file (distfit.target) RQ1 needs no dataset: a distfit.datasets entry is then only the
 # name of its results folder.
 _DISTFIT_NEED_DATA = [] if config["distfit"]["target"] else list(config["distfit"]["datasets"])
-_unknown = [d for d in DATASETS + _DISTFIT_NEED_DATA + list(_AFL.get("datasets", [])) if d not in config["datasets"]]
+_unknown = [
+    d
+    for d in DATASETS + _DISTFIT_NEED_DATA + list(_AFL.get("datasets", [])) + list(config["align"]["datasets"])
+    if d not in config["datasets"]
+]
 if _unknown:
     raise ValueError(
-        f"config: active_datasets/distfit.datasets/afl.datasets name {_unknown}, not keys of `datasets` "
+        f"config: active_datasets/distfit.datasets/afl.datasets/align.datasets name {_unknown}, not keys of `datasets` "
         "(distfit.datasets may name any folder when distfit.target is set)"
     )
-# flower_vocab: Flower with SubTB's log pi normalised over the vocabulary (flower.normalise: vocab),
-# the ablation of the normalisation the `flower` row uses (docs/method.md section 4).
-TUNED_METHODS = ["bigrec", "ifairlrs", "flower", "flower_vocab"]
-FLOWER_METHODS = {"flower": {}, "flower_vocab": {"normalise": "vocab"}}
-# Decoded methods: name -> the tuned model it decodes with.
-DECODED_METHODS = {
-    "bigrec": "bigrec",
-    "temp": "bigrec",
-    "d3": "bigrec",
-    "d3_noassist": "bigrec",
-    "ifairlrs": "ifairlrs",
-    "flower": "flower",
-    "flower_vocab": "flower_vocab",
-}
-# Reference rows (rules/evaluate.smk): what a hit is worth at this scale.
-REFERENCE_METHODS = ["random", "mostpop"]
-TABLE_METHODS = [*REFERENCE_METHODS, "sasrec", *DECODED_METHODS]
-# trl 1.16 ships no PPO trainer, so the reward-maximising RL row is GRPO (flowrec.distfit.trl).
-# flower_vocab: Flower with SubTB's log pi over the vocabulary (flower.normalise: vocab), the ablation;
-# flower_published: the published RQ1 code's recipe (SubTB alone, replay, unconstrained exploration).
-DISTFIT_TUNED = ["sft", "dpo", "grpo", "flower", "flower_vocab", "flower_published"]
-DISTFIT_ROWS = ["base", *DISTFIT_TUNED]
+# Every method of every table comes from the registry (flowrec.methods): these lists are views of it.
+TUNED_METHODS = methods.trained()  # rule tune: tuned from the base model, and aligned (RQ3)
+DECODED_METHODS = methods.decoded()  # rule decode: row -> the trained model it decodes
+REFERENCE_METHODS = methods.names(kind="reference")
+TABLE_METHODS = methods.names(table="main")  # Table 4, in the paper's row order
+EVALUATED_METHODS = [*TABLE_METHODS, *methods.names(kind="aligned")]  # rule evaluate_method: Tables 4 and 5
+DISTFIT_ROWS = list(methods.DISTFIT)
+DISTFIT_TUNED = [m for m in DISTFIT_ROWS if methods.DISTFIT[m].loss]
+# RQ3 (Table 5): the aligned rows the config asks for (align.methods x align.starts).
+ALIGN_METHODS = methods.aligned(config["align"]["methods"], config["align"]["starts"])
+ALIGN_DATASETS = list(config["align"]["datasets"])
 
 
 wildcard_constraints:
-    dataset="|".join(sorted(set(DATASETS) | set(config["distfit"]["datasets"]) | set(_AFL.get("datasets", [])))),
-    method="|".join(sorted(set(TABLE_METHODS) | set(DISTFIT_ROWS))),
+    dataset="|".join(
+        sorted(
+            set(DATASETS)
+            | set(config["distfit"]["datasets"])
+            | set(_AFL.get("datasets", []))
+            | set(ALIGN_DATASETS)
+        )
+    ),
+    method="|".join(sorted(set(methods.REGISTRY) | set(DISTFIT_ROWS))),
     recmodel="sasrec|gru4rec|caser",
     variant="base|agent|afl|afl_norec|afl_noreward|afl_none|reward_model|user_agent",
 
@@ -100,6 +101,8 @@ def get_final_outputs():
             f"results/{dataset}/figures/popularity_groups.png",
             f"results/{dataset}/figures/flower_training.png",
         ]
+    for dataset in ALIGN_DATASETS:
+        outputs += [f"results/{dataset}/tables/rq3.csv", f"results/{dataset}/tables/rq3.md"]
     for dataset in config["distfit"]["datasets"]:
         outputs += [f"results/{dataset}/distfit/table.csv", f"results/{dataset}/distfit/figure.png"]
     for dataset in _AFL.get("datasets", []):
@@ -136,14 +139,17 @@ MODEL_SHAPE, MODEL_SHAPE_SOURCE = res.model_shape(config["model"]["name_or_path"
 
 
 def get_tune_mem_mb(wildcards):
-    """A tuning job's host memory: the model's training state and a micro batch's activations."""
-    tune = config["tune"]
+    """A tuning job's host memory: the model's training state and a micro batch's activations, times
+    the method's activation factor (registry); an aligned job also holds its frozen reference."""
+    method = methods.get(wildcards.method)
+    tune = get_tune_block(wildcards)
     return res.train_mb(
         MODEL_SHAPE,
         tune["micro_batch_size"],
         res.prompt_tokens(config["prompt"]["max_history"]),
         lora=config["model"]["lora"],
-        activation_factor=res.FLOWER_FACTOR if wildcards.method == "flower" else 1.0,
+        activation_factor=method.activation_factor,
+        reference_model=method.reference is not None,
         processes=GPUS,
     )
 
@@ -158,17 +164,16 @@ def get_decode_mem_mb(wildcards):
 
 def get_distfit_tune_mem_mb(wildcards):
     """History-free prompts; a Flower row forwards [targets ; samples] as 2B rows, DPO scores a chosen
-    and a rejected title against a reference model, GRPO scores rl_generations completions per prompt."""
+    and a rejected title against a reference model, GRPO scores rl_generations completions per prompt
+    (each row's activation factor is in the registry, flowrec.methods.DISTFIT)."""
     distfit = config["distfit"]
     micro = distfit["micro_batch_size"] or distfit["batch_size"]
-    flower = dict.fromkeys(("flower", "flower_vocab", "flower_published"), res.FLOWER_FACTOR)
-    factor = {**flower, "dpo": 2.0, "grpo": 2.0}.get(wildcards.method, 1.0)
     return res.train_mb(
         MODEL_SHAPE,
         micro,
         res.HISTORY_FREE_PROMPT_TOKENS + res.TITLE_LINE_TOKENS,
         lora=config["model"]["lora"],
-        activation_factor=factor,
+        activation_factor=methods.DISTFIT[wildcards.method].activation_factor,
         reference_model=wildcards.method == "dpo",
     )
 
@@ -213,48 +218,88 @@ def get_prepare_data_inputs(wildcards):
 
 
 def get_tune_inputs(wildcards):
-    """A method's own inputs: IFairLRS the popularity groups, Flower SASRec's p_ui (its rewards)."""
-    if wildcards.method == "ifairlrs":
-        return {
-            "groups": f"results/{wildcards.dataset}/trie/groups.parquet",
-            "groups_json": f"results/{wildcards.dataset}/trie/groups.json",
-        }
-    if wildcards.method in FLOWER_METHODS:
-        return {"p_ui_train": f"results/{wildcards.dataset}/sasrec/p_ui_train.npy"}
-    return {}
+    """A method's own inputs (registry `needs`, `start`, `reference`): IFairLRS the popularity groups,
+    Flower and PPO SASRec's p_ui (rewards), an aligned method its starting and reference models."""
+    method = methods.get(wildcards.method)
+    folder = f"results/{wildcards.dataset}"
+    inputs = {}
+    if "groups" in method.needs:
+        inputs.update(groups=f"{folder}/trie/groups.parquet", groups_json=f"{folder}/trie/groups.json")
+    if "p_ui_train" in method.needs:
+        inputs["p_ui_train"] = f"{folder}/sasrec/p_ui_train.npy"
+    if method.start is not None:
+        inputs["start_model"] = f"{folder}/tune/{method.start}/model"
+    if method.reference is not None:
+        inputs["reference_model"] = f"{folder}/tune/{method.reference}/model"
+    return inputs
+
+
+def get_tune_block(wildcards):
+    """The `tune:` block; an aligned method's with align.tune's keys over it (its optimiser, batch and
+    budget) and PPO's with align.ppo.tune's over those, so that an align setting reruns only RQ3."""
+    method = methods.get(wildcards.method)
+    if method.kind != "aligned":
+        return config["tune"]
+    block = {**config["tune"], **config["align"]["tune"]}
+    if method.family == "ppo":
+        block.update(config["align"]["ppo"]["tune"])
+    return block
 
 
 def get_flower_settings(wildcards):
-    """The `flower:` block for Flower only, so that a Flower setting reruns no other method."""
-    if wildcards.method not in FLOWER_METHODS:
+    """The `flower:` block (with the method's registry overrides, e.g. flower_vocab's normalise) for
+    the Flower methods only, so that a Flower setting reruns no other method."""
+    method = methods.get(wildcards.method)
+    if "flower" not in method.settings:
         return None
-    return {**config["flower"], **FLOWER_METHODS[wildcards.method]}
+    return {**config["flower"], **method.overrides}
+
+
+# The align keys every aligned method reads, and each algorithm's own (the loss classes' fields).
+_ALIGN_SHARED_KEYS = ("seed",)
+_ALIGN_FAMILY_KEYS = {
+    "sdpo": ("beta", "negatives"),
+    "dmpo": ("beta", "negatives", "dmpo_reduce"),
+    "rosepo": ("beta",),
+    "ppo": ("ppo",),
+}
+
+
+def get_align_settings(wildcards):
+    """An aligned method's settings from the `align:` block (its own keys only, so that a DMPO setting
+    reruns no S-DPO job); None for every other method."""
+    method = methods.get(wildcards.method)
+    if "align" not in method.settings:
+        return None
+    block = config["align"]
+    keys = _ALIGN_SHARED_KEYS + _ALIGN_FAMILY_KEYS[method.family]
+    return {"family": method.family, **{key: block[key] for key in keys}, **method.overrides}
 
 
 def get_tune_granularity(wildcards):
-    """Flower's state granularity (trie.granularity); the SFT methods have no states."""
-    return config["trie"]["granularity"] if wildcards.method in FLOWER_METHODS else 1
+    """Flower's state granularity (trie.granularity); the methods without SubTB have no states."""
+    return config["trie"]["granularity"] if "flower" in methods.get(wildcards.method).settings else 1
 
 
 def get_tune_runtime(wildcards):
-    """Minutes of a tuning job at the paper's scale (a day of GPU time per method); Flower samples and
-    scores a title per prompt on top of SFT."""
-    return 2160 if wildcards.method in FLOWER_METHODS else 1440
+    """Minutes of a tuning job at the paper's scale (a day of GPU time for SFT), times the method's
+    runtime factor (Flower samples and scores a title per prompt on top of SFT)."""
+    return round(1440 * methods.get(wildcards.method).runtime_factor)
 
 
 # --- decoding ---
 # Keys of the decode block every method uses; temp_temperature and d3_weight reach only their own row.
 _DECODE_SHARED_KEYS = ("test_samples", "seed", "num_beams", "num_return", "batch_size")
-_D3_METHODS = ("d3", "d3_noassist")
+_D3_METHODS = ("d3", "d3_noassist")  # registry decodings that use the SASRec assistant scores
 
 def get_tuned_model(wildcards):
-    """The tuned model a decoded method decodes with (DECODED_METHODS in common.smk)."""
+    """The trained model a decoded row decodes with (the registry's `decodes`)."""
     return f"results/{wildcards.dataset}/tune/{DECODED_METHODS[wildcards.method]}/model"
 
 
 def get_decode_inputs(wildcards):
     """SASRec's test scores for D3's assistant (d3_noassist keeps the assistant at weight g = 1)."""
-    if wildcards.method in _D3_METHODS:
+    if methods.get(wildcards.method).decoding in _D3_METHODS:
         return {"p_ui": f"results/{wildcards.dataset}/sasrec/p_ui_test.npy"}
     return {}
 
@@ -269,9 +314,10 @@ def get_decode_settings(wildcards):
     block = config["decode"]
     settings = {key: block[key] for key in _DECODE_SHARED_KEYS}
     settings.update(temperature=1.0, length_normalise=True, assistant_weight=None)
-    if wildcards.method == "temp":
+    decoding = methods.get(wildcards.method).decoding
+    if decoding == "temp":
         settings["temperature"] = block["temp_temperature"]
-    elif wildcards.method in _D3_METHODS:
+    elif decoding in _D3_METHODS:
         settings["length_normalise"] = False
-        settings["assistant_weight"] = block["d3_weight"] if wildcards.method == "d3" else 1.0
+        settings["assistant_weight"] = block["d3_weight"] if decoding == "d3" else 1.0
     return settings

@@ -46,7 +46,7 @@ rule predict_reference:
 
 rule evaluate_method:
     wildcard_constraints:
-        method="|".join(TABLE_METHODS),
+        method="|".join(EVALUATED_METHODS),
     input:
         predictions="results/{dataset}/predictions/{method}.parquet",
         test="results/{dataset}/data/test.parquet",

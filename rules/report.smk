@@ -4,6 +4,7 @@
 # Cheap rules run inside Snakemake's own process on a cluster, not as one sbatch job each.
 localrules:
     make_tables,
+    make_rq3_table,
     make_combined_table,
     make_figures,
 
@@ -49,6 +50,38 @@ rule make_tables:
         "../envs/report.yaml"
     script:
         "../src/flowrec/stages/make_tables.py"
+
+
+# Table 5 (RQ3): the aligned rows (align.methods from align.starts) and F_x - B_x per algorithm.
+rule make_rq3_table:
+    input:
+        metrics=expand("results/{{dataset}}/metrics/{method}.json", method=ALIGN_METHODS),
+        samples=expand("results/{{dataset}}/metrics/samples/{method}.parquet", method=ALIGN_METHODS),
+        code=code_of("flowrec.stages.make_rq3_table"),
+    output:
+        csv=report(
+            "results/{dataset}/tables/rq3.csv",
+            caption="../report/rq3_table.rst",
+            category="Results",
+            subcategory="{dataset}",
+        ),
+        md="results/{dataset}/tables/rq3.md",
+        paired_csv="results/{dataset}/tables/rq3_paired.csv",
+    log:
+        "logs/make_rq3_table/{dataset}.log",
+    benchmark:
+        "benchmarks/make_rq3_table/{dataset}.tsv"
+    params:
+        methods=ALIGN_METHODS,
+        metrics_settings=config["metrics"],
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    conda:
+        "../envs/report.yaml"
+    script:
+        "../src/flowrec/stages/make_rq3_table.py"
 
 
 rule make_combined_table:

@@ -1,7 +1,9 @@
-# LLM fine-tuning (docs/method.md sections 4-5), one rule for the three methods: BIGRec (SFT), IFairLRS
-# (SFT with popularity-group weights) and Flower (SFT + lambda * subtrajectory balance on on-policy
-# samples). A method's own inputs and settings come from get_tune_inputs, get_flower_settings and
-# get_tune_granularity (common.smk), so a Flower setting reruns only Flower. Checkpoints live in results/{dataset}/tune/{method}/checkpoints/,
+# LLM fine-tuning (docs/method.md sections 4-5 and 10), one rule for every trained method of the registry
+# (flowrec.methods): BIGRec (SFT), IFairLRS (SFT with popularity-group weights), Flower (SFT + lambda *
+# subtrajectory balance on on-policy samples), and RQ3's aligned methods (S-DPO, DMPO, RosePO, PPO),
+# which start from a tuned model and hold a frozen copy of it as the reference. A method's own inputs
+# and settings come from get_tune_inputs, get_tune_block, get_flower_settings, get_align_settings and
+# get_tune_granularity (common.smk), so a Flower setting reruns only Flower, an align setting only RQ3. Checkpoints live in results/{dataset}/tune/{method}/checkpoints/,
 # deliberately not an output: Snakemake deletes a job's outputs before rerunning it, which would throw
 # away the checkpoint a killed job resumes from. More than one GPU in the rule's resources (gpu, or
 # nproc to force a process count) runs the job under torchrun with one process per device.
@@ -35,8 +37,9 @@ rule tune:
         checkpoints="results/{dataset}/tune/{method}/checkpoints",
         model=MODEL_SETTINGS,
         prompt=config["prompt"],
-        tune=config["tune"],
+        tune=get_tune_block,
         flower=get_flower_settings,
+        align=get_align_settings,
         granularity=get_tune_granularity,
     threads: 2
     resources:

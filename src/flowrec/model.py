@@ -190,6 +190,13 @@ def load_base_model(
     else:
         model = load_pretrained(AutoModelForCausalLM, name_or_path, "model", dtype=torch.float32)
     model = model.to(device=device, dtype=dtype)
+    return prepare_for_training(model, lora, freeze_layers)
+
+
+def prepare_for_training(model: PreTrainedModel, lora: LoraSettings | None, freeze_layers: int = 0):
+    """`model` set up to train, in train mode: with `lora`, a peft model with adapters above the lowest
+    `freeze_layers` blocks; else every weight above them trainable (they stay fixed with the embeddings).
+    Used on the base model and on the tuned model an aligned method starts from."""
     if lora is not None:
         if freeze_layers:
             # peft takes a block list only with named modules: every linear layer of a block, as all-linear
@@ -212,14 +219,17 @@ def _is_peft(model) -> bool:
     return hasattr(model, "peft_config") and hasattr(model, "merge_and_unload")
 
 
-def save_tuned(model, tokenizer, out_dir: str | Path, base_name_or_path: str) -> None:
+def save_tuned(model, tokenizer, out_dir: str | Path, base_name_or_path: str, merge: bool = False) -> None:
     """Write a tuned model atomically to `out_dir`: save_pretrained output, tokenizer, flowrec_model.json.
 
     LoRA (peft) models save only the adapter; `flowrec_model.json` records the base so that `load_tuned`
-    can rebuild it. Full models save all weights (safetensors).
+    can rebuild it. Full models save all weights (safetensors); so does a LoRA model with `merge` (its
+    adapter merged first: an aligned model's adapter sits on a tuned model, not on the base).
     """
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    if merge and _is_peft(model):
+        model = model.merge_and_unload()
     lora = _is_peft(model)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".part", dir=out_dir.parent))
     try:

@@ -25,23 +25,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from flowrec import methods  # noqa: E402
 from flowrec.distfit.files import sort_target  # noqa: E402
 from flowrec.distfit.methods import LABELS as DISTFIT_LABELS  # noqa: E402
 from flowrec.io import atomic_path, write_text  # noqa: E402
 from flowrec.metrics import FIGURE_K  # noqa: E402
 
-METHOD_LABELS = {
-    "random": "Random",
-    "mostpop": "MostPop",
-    "sasrec": "SASRec",
-    "bigrec": "BIGRec",
-    "temp": "Temp",
-    "d3": "D3",
-    "d3_noassist": "D3 (no assistant)",
-    "ifairlrs": "IFairLRS",
-    "flower": "Flower",
-    "flower_vocab": "Flower (SubTB over vocab)",
-}
+# Row labels and the paper's row order, from the method registry.
+METHOD_LABELS = {name: method.label for name, method in methods.REGISTRY.items()}
 PAPER_COLUMNS = ["NDCG@5", "HR@5", "DGU@10", "MGU@10", "H", "TTR"]
 # After the paper's columns: the other cut-offs, then the metrics beyond the paper, then the count.
 _REST_ORDER = ["NDCG", "HR", "DGU", "MGU", "Coverage", "TailShare", "samples"]

@@ -1,8 +1,10 @@
-"""Stage tune: fine-tune the LLM recommender with one method (docs/method.md sections 4-5).
+"""Stage tune: fine-tune the LLM recommender with one method (docs/method.md sections 4-5 and 10).
 
-BIGRec (SFT), IFairLRS (SFT with popularity-group weights: give --groups and --groups-json) and Flower
+BIGRec (SFT), IFairLRS (SFT with popularity-group weights: give --groups and --groups-json), Flower
 (SFT + lambda * SubTB; give --flower, --granularity and, for the div and add rewards, --p-ui-train)
-share one training loop (flowrec.tune.loop); the method picks the loss (flowrec.tune.objectives).
+and the aligned methods of RQ3 (S-DPO, DMPO, RosePO, PPO from a tuned model: give --start-model,
+--reference-model and --align; PPO also --p-ui-train) share one training loop (flowrec.tune.loop);
+the method's registry entry (flowrec.methods) picks the loss (flowrec.tune.objectives).
 Checkpoints go to --checkpoints, outside the outputs, so that a killed job resumes after its last epoch.
 With more than one process (`nproc`) the job runs under torchrun, one process per device.
 """
@@ -36,6 +38,9 @@ def tune(
     groups_json: str | None = None,
     p_ui_train: str | None = None,
     flower: dict | None = None,
+    align: dict | None = None,
+    start_model: str | None = None,
+    reference_model: str | None = None,
     checkpoints: str | None = None,
     nproc: int = 1,
     threads: int = 1,
@@ -63,6 +68,9 @@ def tune(
         groups=groups,
         groups_json=groups_json,
         p_ui_train=p_ui_train,
+        start_model=start_model,
+        reference_model=reference_model,
+        align=dict(align) if align is not None else None,
     )
     log.info("tune %s on %s: %d process(es)", method, dataset, max(nproc, 1))
     launch(job, max(nproc, 1))
@@ -78,7 +86,13 @@ STAGE = Stage(
         "trie": "trie/trie.npz",
         "groups": File("trie/groups.parquet (IFairLRS)", optional=True),
         "groups_json": File("trie/groups.json (IFairLRS)", optional=True),
-        "p_ui_train": File("sasrec/p_ui_train.npy (Flower's div and add rewards)", optional=True),
+        "p_ui_train": File(
+            "sasrec/p_ui_train.npy (Flower's div and add rewards, PPO's reward)", optional=True
+        ),
+        "start_model": File(
+            "tune/{start}/model (aligned methods: the tuned model they start from)", optional=True
+        ),
+        "reference_model": File("tune/{start}/model (aligned methods: the frozen reference)", optional=True),
     },
     outputs={
         "model_dir": "tune/{method}/model (folder of the tuned model)",
@@ -90,10 +104,14 @@ STAGE = Stage(
         "prompt": Param("prompt settings", block="prompt"),
         "tune": Param("training loop settings", block="tune"),
         "flower": Param("Flower's settings (Flower only)", block="flower"),
+        "align": Param("an aligned method's settings (rules/common.smk get_align_settings; RQ3 only)"),
         "granularity": Param("Flower's SubTB state spacing in tokens", block="trie.granularity", default=1),
         "checkpoints": Param("folder of last.pt and best.pt (resume); default: beside model_dir"),
     },
-    wildcards={"dataset": "dataset name", "method": "bigrec | ifairlrs | flower"},
+    wildcards={
+        "dataset": "dataset name",
+        "method": "a trained method of flowrec.methods (bigrec, flower, b_sdpo, ...)",
+    },
 )
 
 if __name__ == "__main__":

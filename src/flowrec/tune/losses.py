@@ -78,6 +78,14 @@ def normalise_p_ui(p: torch.Tensor) -> torch.Tensor:
     return (p - p.mean(-1, keepdim=True)) / span + 1.0
 
 
+def minmax_p_ui(p: torch.Tensor) -> torch.Tensor:
+    """Per-row min-max normalisation of SASRec scores, (p - min) / (max - min), in [0, 1] (PPO's reward,
+    docs/method.md section 10); a constant row maps to 0. p (N, n_items) -> (N, n_items)."""
+    p = p.float()
+    low = p.amin(-1, keepdim=True)
+    return (p - low) / (p.amax(-1, keepdim=True) - low).clamp_min(1e-12)
+
+
 def process_log_rewards(
     edge_log_reward: torch.Tensor, p_ui: torch.Tensor | None, variant: str
 ) -> torch.Tensor:

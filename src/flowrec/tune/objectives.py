@@ -6,7 +6,9 @@ The training loop (flowrec.tune.loop) calls a loss once per micro batch,
 
 and knows nothing else of the method: it logs each of `loss.parts` as the log column `<part>_loss`
 and stores `loss.fingerprint()` in the checkpoint, so that a run resumes only with the same loss.
-IFairLRS is SFT on group-weighted samples: its weights are in the batch, so it shares SFTLoss.
+A method's loss is its registry entry's `loss` (flowrec.methods), a key of LOSSES. IFairLRS is SFT on
+group-weighted samples: its weights are in the batch, so it shares SFTLoss. The RQ3 losses
+(flowrec.tune.alignment) also hold the frozen reference model of their job.
 """
 
 from collections.abc import Mapping
@@ -15,8 +17,10 @@ from typing import Any, Protocol
 
 import torch
 
+from flowrec import methods
 from flowrec.settings import settings_from_block
 from flowrec.trie import Trie
+from flowrec.tune.alignment import PPOLoss, PreferenceLoss
 from flowrec.tune.data import Batch
 from flowrec.tune.forward import flower_losses, sft_losses
 from flowrec.tune.losses import NORMALISATIONS
@@ -41,9 +45,10 @@ class SFTLoss:
     # columns, with subtb_loss 0 for the SFT methods.
     parts = ("sft", "subtb")
     uses_p_ui = False  # no SASRec scores in its batches
+    p_ui_normalisation = "mean"
 
     @classmethod
-    def from_config(cls, block: Mapping | None = None, trie: Trie | None = None, granularity: int = 1):
+    def from_config(cls, block: Mapping | None = None, trie: Trie | None = None, granularity: int = 1, **_):
         """SFT has no settings: the arguments of make_loss are accepted and unused."""
         return cls()
 
@@ -75,6 +80,7 @@ class FlowerLoss:
     sft_weight: float
 
     parts = ("sft", "subtb")
+    p_ui_normalisation = "mean"  # docs/method.md section 4
 
     def __post_init__(self) -> None:
         if self.normalise not in NORMALISATIONS:
@@ -88,7 +94,7 @@ class FlowerLoss:
         return self.reward != "plain"
 
     @classmethod
-    def from_config(cls, block: Mapping | None, trie: Trie, granularity: int) -> "FlowerLoss":
+    def from_config(cls, block: Mapping | None, trie: Trie, granularity: int, **_) -> "FlowerLoss":
         """From the `flower:` config block (schema defaults for the keys it leaves out)."""
         block = dict(block or {})
         clash = sorted({"trie", "granularity"} & set(block))
@@ -125,19 +131,50 @@ class FlowerLoss:
         }
 
 
-# flower_vocab is Flower with its `flower:` block's normalise set to vocab (the rule passes that block).
-LOSSES: dict[str, type] = {
-    "bigrec": SFTLoss,
-    "ifairlrs": SFTLoss,
-    "flower": FlowerLoss,
-    "flower_vocab": FlowerLoss,
+def _preference_loss(form: str):
+    """Builder of a PreferenceLoss of `form` from a method's align settings (rules/common.smk
+    get_align_settings: beta, sampler, negatives, seed, dmpo_reduce for DMPO)."""
+
+    def build(block: Mapping | None, trie: Trie | None = None, granularity: int = 1, *, reference=None):
+        block = dict(block or {})
+        block.pop("family", None)
+        if reference is None:
+            raise ValueError(f"preference loss {form}: needs the frozen reference model")
+        return PreferenceLoss(form=form, reference=reference, **block)
+
+    return build
+
+
+def _ppo_loss(block: Mapping | None, trie: Trie | None = None, granularity: int = 1, *, reference=None):
+    """PPOLoss from a method's align settings ({"family", "seed", "ppo": the align.ppo block})."""
+    block = dict(block or {})
+    ppo = {k: v for k, v in dict(block.get("ppo") or {}).items() if k != "tune"}
+    if reference is None or trie is None:
+        raise ValueError("PPO: needs the trie and the frozen reference model")
+    return PPOLoss(trie=trie, reference=reference, seed=block.get("seed", 42), **ppo)
+
+
+# Loss name (a registry entry's `loss`) -> a builder (block, trie, granularity, reference=...) -> loss.
+LOSSES: dict[str, Any] = {
+    "sft": SFTLoss.from_config,
+    "flower": FlowerLoss.from_config,
+    "sdpo": _preference_loss("sdpo"),
+    "dmpo": _preference_loss("dmpo"),
+    "dpo": _preference_loss("dpo"),
+    "ppo": _ppo_loss,
 }
 
 
 def make_loss(
-    method: str, block: Mapping | None = None, trie: Trie | None = None, granularity: int = 1
+    method: str,
+    block: Mapping | None = None,
+    trie: Trie | None = None,
+    granularity: int = 1,
+    reference=None,
 ) -> TuneLoss:
-    """The loss of tuning method `method`, built from its config block (`flower:` for Flower)."""
-    if method not in LOSSES:
-        raise ValueError(f"unknown tuning method {method!r}; expected one of {list(LOSSES)}")
-    return LOSSES[method].from_config(block, trie, granularity)
+    """The loss of method `method` (registry name), built from its config block (`flower:` for Flower,
+    its align settings for the RQ3 methods, which also take the frozen `reference` model)."""
+    entry = methods.get(method)
+    if entry.loss not in LOSSES:
+        raise ValueError(f"method {method!r} is not trained by the tuning loop; trained: {methods.trained()}")
+    return LOSSES[entry.loss](block, trie, granularity, reference=reference)
