@@ -85,8 +85,14 @@ wildcard_constraints:
     variant="base|agent|afl|afl_norec|afl_noreward|afl_none|reward_model|user_agent",
 
 
+# Keys of a dataset's entry that are no data setting: a method's settings for that dataset only.
+_DATASET_METHOD_KEYS = ("flower",)
+
+
 def get_dataset_settings(wildcards):
-    return config["datasets"][wildcards.dataset]
+    """The dataset's data settings (without its per-dataset method settings, which rerun no data stage)."""
+    settings = config["datasets"][wildcards.dataset]
+    return {key: value for key, value in settings.items() if key not in _DATASET_METHOD_KEYS}
 
 
 def get_final_outputs():
@@ -247,12 +253,14 @@ def get_tune_block(wildcards):
 
 
 def get_flower_settings(wildcards):
-    """The `flower:` block (with the method's registry overrides, e.g. flower_vocab's normalise) for
-    the Flower methods only, so that a Flower setting reruns no other method."""
+    """The `flower:` block, with the dataset's own `flower:` keys over it (the published theta per
+    dataset) and the method's registry overrides (flower_vocab's normalise), for the Flower methods
+    only, so that a Flower setting reruns no other method (and the F_ rows of RQ3 that start from it)."""
     method = methods.get(wildcards.method)
     if "flower" not in method.settings:
         return None
-    return {**config["flower"], **method.overrides}
+    per_dataset = config["datasets"][wildcards.dataset].get("flower") or {}
+    return {**config["flower"], **per_dataset, **method.overrides}
 
 
 # The align keys every aligned method reads, and each algorithm's own (the loss classes' fields).
