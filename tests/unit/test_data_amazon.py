@@ -4,7 +4,10 @@ import gzip
 import hashlib
 import json
 import logging
+import socket
 import threading
+import urllib.error
+import urllib.request
 from collections import Counter
 from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -13,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from flowrec.data import prepare
-from flowrec.data.amazon import download_file, read_reviews
+from flowrec.data.amazon import amazon_urls, download_file, read_reviews
 from flowrec.data.settings import dataset_settings
 
 LOW = 1514764800  # 2018-01-01 00:00 UTC = start of window_start "2018-01"
@@ -305,3 +308,53 @@ def test_non_utf8_titles_are_counted_and_a_broken_gzip_is_named(amazon_files, tm
     truncated.write_text("<html>404</html>")
     with pytest.raises(ValueError, match=rf"{truncated}: not a complete gzip file, read up to line 0"):
         prepare(dataset_settings(SETTINGS), {**amazon_files, "reviews": str(truncated)})
+
+
+def test_default_base_url_is_the_lab_host_and_builds_the_published_paths():
+    urls = amazon_urls(dataset_settings(SETTINGS).base_url, "CDs_and_Vinyl")
+    assert urls == {
+        "reviews": "https://mcauleylab.ucsd.edu/public_datasets/data/amazon_v2/categoryFiles/CDs_and_Vinyl.json.gz",
+        "meta": "https://mcauleylab.ucsd.edu/public_datasets/data/amazon_v2/metaFiles2/meta_CDs_and_Vinyl.json.gz",
+    }
+
+
+def _assert_names_host_and_settings(message: str, host: str) -> None:
+    assert f"for host {host} " in message
+    assert "datasets.<name>.base_url" in message and "datasets.<name>.raw_dir" in message
+
+
+def test_a_tls_failure_fails_at_once_naming_the_host_and_the_settings(serve, tmp_path):
+    """https:// to the local plain-HTTP server: it answers the ClientHello in clear text, so the
+    handshake fails as it does against a host that refuses TLS."""
+    url, requests = serve(gzip.compress(b"{}\n"))
+    url = url.replace("http://", "https://")
+    with pytest.raises(ValueError, match="the TLS handshake failed") as err:
+        download_file(url, tmp_path / "Toy.json.gz", retries=3, backoff_s=30.0)  # a retry would take 30 s
+    _assert_names_host_and_settings(str(err.value), "127.0.0.1")
+    assert requests == [] and not (tmp_path / "Toy.json.gz").exists()
+
+
+def test_an_unresolvable_host_fails_at_once_naming_the_host_and_the_settings(tmp_path, monkeypatch):
+    def no_such_host(host, *args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, f"Name or service not known: {host}")
+
+    calls: list = []
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: calls.append(a) or no_such_host(*a))
+    url = "https://datarepo.invalid/mcauley_group/data/amazon_v2/categoryFiles/Toy.json.gz"
+    with pytest.raises(ValueError, match=r"does not resolve \(DNS\)") as err:
+        download_file(url, tmp_path / "Toy.json.gz", retries=3, backoff_s=30.0)
+    _assert_names_host_and_settings(str(err.value), "datarepo.invalid")
+    assert len(calls) == 1  # no retry
+
+
+def test_other_connection_errors_are_still_retried(tmp_path, monkeypatch):
+    calls: list = []
+
+    def refused(*args, **kwargs):
+        calls.append(args)
+        raise urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))
+
+    monkeypatch.setattr(urllib.request, "urlopen", refused)
+    with pytest.raises(ValueError, match="download incomplete after 3 attempts"):
+        download_file("http://127.0.0.1:9/Toy.json.gz", tmp_path / "Toy.json.gz", retries=2, backoff_s=0.0)
+    assert len(calls) == 3

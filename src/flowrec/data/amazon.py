@@ -15,8 +15,11 @@ import http.client
 import json
 import logging
 import os
+import socket
+import ssl
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import zlib
 from array import array
@@ -41,6 +44,31 @@ def amazon_urls(base_url: str, category: str) -> dict[str, str]:
         "reviews": f"{base}/categoryFiles/{category}.json.gz",
         "meta": f"{base}/metaFiles2/meta_{category}.json.gz",
     }
+
+
+def unreachable_host(url: str, err: BaseException) -> str | None:
+    """The message for a download that cannot reach its host (DNS or TLS failure), or None.
+
+    Retrying does not help there: the name does not resolve, or the host refuses the TLS handshake
+    (the retired datarepo.eng.ucsd.edu does since 2025). The message names the host and the two
+    settings that point elsewhere: base_url (another host) and raw_dir (files already on disk).
+    Only errors of opening the connection count (urlopen wraps them in URLError); a TLS error while
+    reading the body of an open connection is a dropped connection, retried like any other.
+    """
+    reason = err.reason if isinstance(err, urllib.error.URLError) else None
+    if isinstance(reason, socket.gaierror):
+        what = "the host name does not resolve (DNS)"
+    elif isinstance(reason, ssl.SSLError | ssl.CertificateError):
+        what = "the TLS handshake failed"
+    else:
+        return None
+    host = urllib.parse.urlsplit(url).hostname
+    return (
+        f"{url}: {what} for host {host} ({type(reason).__name__}: {reason}). The files may have moved: "
+        "set datasets.<name>.base_url to a host serving categoryFiles/ and metaFiles2/ (default in "
+        "config/schema.yaml), or datasets.<name>.raw_dir to a folder already holding {category}.json.gz "
+        "and meta_{category}.json.gz"
+    )
 
 
 def verify_gzip(path: str | Path, what: str) -> str:
@@ -71,7 +99,8 @@ def download_file(
     Bytes go to `<dest>.part`; after each failure the next attempt asks for the rest
     (`Range: bytes=<size>-`) after waiting backoff_s * 2**attempt seconds. Only a file that reads
     to the end as gzip, and matches `sha256` when given, is renamed to `dest`; otherwise the
-    partial file is removed and ValueError names the URL and the file.
+    partial file is removed and ValueError names the URL and the file. A DNS or TLS failure raises at
+    once (no retries), naming the host and the settings base_url and raw_dir (`unreachable_host`).
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -102,7 +131,15 @@ def download_file(
             if total is None or got >= total:
                 break
             log.warning("%s: connection closed at %d of %d bytes", url, got, total)
-        except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as err:
+        except (
+            urllib.error.URLError,
+            http.client.HTTPException,
+            ConnectionError,
+            TimeoutError,
+            ssl.SSLError,
+        ) as err:
+            if (message := unreachable_host(url, err)) is not None:
+                raise ValueError(message) from err
             if isinstance(err, urllib.error.HTTPError) and err.code in (403, 404, 410):
                 raise ValueError(f"{url}: HTTP {err.code} {err.reason}; check base_url and category") from err
             if isinstance(err, urllib.error.HTTPError) and err.code == 416 and have:
