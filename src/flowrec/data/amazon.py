@@ -205,11 +205,13 @@ def _json_lines(path: str | Path, drops: Counter, prefix: str):
 
 
 def read_meta_titles(
-    path: str | Path, max_title_words: int, drops: Counter
+    path: str | Path, max_title_words: int, drops: Counter, cleaning: str
 ) -> tuple[dict[str, str], set[str]]:
     """({asin: clean title}, asins whose title was dropped) from a meta_{category}.json.gz file.
 
-    Rows without an asin or title are counted; an asin listed twice keeps its first usable title.
+    Rows without an asin or title are counted. An asin listed twice: `cleaning` flowrec keeps its first
+    usable title; published does as the published script, which overwrites the title with every later
+    usable row and drops the asin if any of its rows is rejected.
     """
     titles: dict[str, str] = {}
     rejected: set[str] = set()
@@ -220,16 +222,21 @@ def read_meta_titles(
             if drops["meta_missing_asin"] <= MAX_LOGGED:
                 log.warning("%s:%d: no asin", path, number)
             continue
-        if asin in titles:
+        if asin in titles or (cleaning == "published" and asin in rejected):
             drops["meta_duplicate_asin"] += 1
-            continue
-        title, reason = clean_title(obj.get("title"), max_title_words)
+            if cleaning != "published":
+                continue
+        title, reason = clean_title(obj.get("title"), max_title_words, cleaning)
         if reason:
             drops[f"meta_{reason}"] += 1
             rejected.add(asin)
         else:
             titles[asin] = title
-    rejected -= titles.keys()
+    if cleaning == "published":
+        for asin in rejected:
+            titles.pop(asin, None)
+    else:
+        rejected -= titles.keys()
     log.info("%s: %d items with a clean title, %d rejected", path, len(titles), len(rejected))
     return titles, rejected
 
@@ -293,11 +300,13 @@ def load_amazon(
     meta_path: str | Path,
     max_title_words: int,
     drops: Counter,
-    low: int | None = None,
-    high: int | None = None,
+    low: int | None,
+    high: int | None,
+    cleaning: str,
 ) -> tuple[pd.DataFrame, pd.Series]:
-    """(interactions, titles) of one category: metadata first (titles), then the reviews streamed."""
-    titles, rejected = read_meta_titles(meta_path, max_title_words, drops)
+    """(interactions, titles) of one category: metadata first (titles, `cleaning` as
+    datasets.*.title_cleaning), then the reviews streamed."""
+    titles, rejected = read_meta_titles(meta_path, max_title_words, drops, cleaning)
     inter = read_reviews(reviews_path, titles, rejected, drops, low, high)
     used = inter["item"].cat.categories
     return inter, pd.Series([titles[a] for a in used], index=np.asarray(used, dtype=object), name="title")
