@@ -13,6 +13,9 @@ import yaml
 from flowrec.data import prepare
 from flowrec.data.protocol import window_bounds
 from flowrec.data.settings import dataset_settings
+from flowrec.prompts import PromptSettings
+from flowrec.sasrec import SasrecSettings
+from flowrec.settings import settings_from_block
 
 REPO = Path(__file__).resolve().parents[2]
 PAPER = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
@@ -155,3 +158,14 @@ def test_table2_of_a_raw_rebuild():
         )
     result = _run_table2("--datasets", *present)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_preset_sets_the_published_sasrec_and_prompt():
+    """config/paper.yaml merged over config.yaml, as Snakemake sees it: the published script's SASRec
+    (train_and_get_logits.py defaults) and the published prompt."""
+    base = yaml.safe_load((REPO / "config.yaml").read_text())
+    sasrec = settings_from_block(SasrecSettings, {**base["sasrec"], **PAPER["sasrec"]}, "sasrec")
+    assert (sasrec.loss, sasrec.n_layers, sasrec.n_heads, sasrec.inner_size) == ("BCE", 1, 1, 64)
+    assert (sasrec.dropout, sasrec.learning_rate, sasrec.weight_decay) == (0.1, 0.001, 0.00001)
+    prompt = settings_from_block(PromptSettings, {**base["prompt"], **PAPER["prompt"]}, "prompt")
+    assert prompt.style == "published"
