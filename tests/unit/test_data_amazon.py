@@ -20,6 +20,7 @@ import pytest
 from flowrec.data import prepare
 from flowrec.data.amazon import amazon_urls, download_file, read_meta_titles, read_reviews
 from flowrec.data.settings import dataset_settings
+from flowrec.stages.download_amazon import download_amazon
 
 LOW = 1514764800  # 2018-01-01 00:00 UTC = start of window_start "2018-01"
 HIGH = 1519862400  # 2018-03-01 00:00 UTC = start of window_end "2018-03" (inclusive)
@@ -347,6 +348,9 @@ def test_an_unresolvable_host_fails_at_once_naming_the_host_and_the_settings(tmp
         download_file(url, tmp_path / "Toy.json.gz", retries=3, backoff_s=30.0)
     _assert_names_host_and_settings(str(err.value), "datarepo.invalid")
     assert len(calls) == 1  # no retry
+    # the download stage names the dataset's entry
+    with pytest.raises(ValueError, match=r"set datasets\.cds\.base_url .* or datasets\.cds\.raw_dir"):
+        download_amazon(str(tmp_path / "r.json.gz"), str(tmp_path / "m.json.gz"), {"category": "Toy"}, "cds")
 
 
 def test_other_connection_errors_are_still_retried(tmp_path, monkeypatch):

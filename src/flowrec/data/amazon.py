@@ -46,13 +46,13 @@ def amazon_urls(base_url: str, category: str) -> dict[str, str]:
     }
 
 
-def unreachable_host(url: str, err: BaseException) -> str | None:
+def unreachable_host(url: str, err: BaseException, block: str = "datasets.<name>") -> str | None:
     """The message for a download that cannot reach its host (DNS or TLS failure), or None.
 
     Retrying does not help there: the name does not resolve, or the host refuses the TLS handshake
     (the retired datarepo.eng.ucsd.edu does since 2025). The message names the host and the two
-    settings that point elsewhere: base_url (another host) and raw_dir (files already on disk).
-    Only errors of opening the connection count (urlopen wraps them in URLError); a TLS error while
+    settings that point elsewhere: base_url (another host) and raw_dir (files already on disk), in the
+    config block `block` (the dataset's entry when the caller knows it). Only errors of opening the connection count (urlopen wraps them in URLError); a TLS error while
     reading the body of an open connection is a dropped connection, retried like any other.
     """
     reason = err.reason if isinstance(err, urllib.error.URLError) else None
@@ -65,8 +65,8 @@ def unreachable_host(url: str, err: BaseException) -> str | None:
     host = urllib.parse.urlsplit(url).hostname
     return (
         f"{url}: {what} for host {host} ({type(reason).__name__}: {reason}). The files may have moved: "
-        "set datasets.<name>.base_url to a host serving categoryFiles/ and metaFiles2/ (default in "
-        "config/schema.yaml), or datasets.<name>.raw_dir to a folder already holding {category}.json.gz "
+        f"set {block}.base_url to a host serving categoryFiles/ and metaFiles2/ (default in "
+        f"config/schema.yaml), or {block}.raw_dir to a folder already holding {{category}}.json.gz "
         "and meta_{category}.json.gz"
     )
 
@@ -93,6 +93,7 @@ def download_file(
     retries: int = 6,
     backoff_s: float = 2.0,
     timeout_s: float = 60.0,
+    block: str = "datasets.<name>",
 ) -> Path:
     """Download `url` to `dest`, resuming with HTTP Range after a dropped connection.
 
@@ -100,7 +101,8 @@ def download_file(
     (`Range: bytes=<size>-`) after waiting backoff_s * 2**attempt seconds. Only a file that reads
     to the end as gzip, and matches `sha256` when given, is renamed to `dest`; otherwise the
     partial file is removed and ValueError names the URL and the file. A DNS or TLS failure raises at
-    once (no retries), naming the host and the settings base_url and raw_dir (`unreachable_host`).
+    once (no retries), naming the host and the settings base_url and raw_dir of `block`
+    (`unreachable_host`).
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -138,7 +140,7 @@ def download_file(
             TimeoutError,
             ssl.SSLError,
         ) as err:
-            if (message := unreachable_host(url, err)) is not None:
+            if (message := unreachable_host(url, err, block)) is not None:
                 raise ValueError(message) from err
             if isinstance(err, urllib.error.HTTPError) and err.code in (403, 404, 410):
                 raise ValueError(f"{url}: HTTP {err.code} {err.reason}; check base_url and category") from err
