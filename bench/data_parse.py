@@ -65,7 +65,7 @@ def main() -> None:
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     start = time.perf_counter()
     drops: Counter = Counter()
-    inter, titles = load_amazon(reviews, meta, 20, drops)
+    inter, titles = load_amazon(reviews, meta, 20, drops, None, None, "flowrec")
     elapsed = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"parsed {args.lines} review lines in {elapsed:.1f} s: {args.lines / elapsed:,.0f} lines/s")

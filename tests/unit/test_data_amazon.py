@@ -4,17 +4,23 @@ import gzip
 import hashlib
 import json
 import logging
+import random
+import socket
 import threading
+import urllib.error
+import urllib.request
 from collections import Counter
 from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from flowrec.data import prepare
-from flowrec.data.amazon import download_file, read_reviews
+from flowrec.data.amazon import amazon_urls, download_file, read_meta_titles, read_reviews
 from flowrec.data.settings import dataset_settings
+from flowrec.stages.download_amazon import download_amazon
 
 LOW = 1514764800  # 2018-01-01 00:00 UTC = start of window_start "2018-01"
 HIGH = 1519862400  # 2018-03-01 00:00 UTC = start of window_end "2018-03" (inclusive)
@@ -305,3 +311,187 @@ def test_non_utf8_titles_are_counted_and_a_broken_gzip_is_named(amazon_files, tm
     truncated.write_text("<html>404</html>")
     with pytest.raises(ValueError, match=rf"{truncated}: not a complete gzip file, read up to line 0"):
         prepare(dataset_settings(SETTINGS), {**amazon_files, "reviews": str(truncated)})
+
+
+def test_default_base_url_is_the_lab_host_and_builds_the_published_paths():
+    urls = amazon_urls(dataset_settings(SETTINGS).base_url, "CDs_and_Vinyl")
+    assert urls == {
+        "reviews": "https://mcauleylab.ucsd.edu/public_datasets/data/amazon_v2/categoryFiles/CDs_and_Vinyl.json.gz",
+        "meta": "https://mcauleylab.ucsd.edu/public_datasets/data/amazon_v2/metaFiles2/meta_CDs_and_Vinyl.json.gz",
+    }
+
+
+def _assert_names_host_and_settings(message: str, host: str) -> None:
+    assert f"for host {host} " in message
+    assert "datasets.<name>.base_url" in message and "datasets.<name>.raw_dir" in message
+
+
+def test_a_tls_failure_fails_at_once_naming_the_host_and_the_settings(serve, tmp_path):
+    """https:// to the local plain-HTTP server: it answers the ClientHello in clear text, so the
+    handshake fails as it does against a host that refuses TLS."""
+    url, requests = serve(gzip.compress(b"{}\n"))
+    url = url.replace("http://", "https://")
+    with pytest.raises(ValueError, match="the TLS handshake failed") as err:
+        download_file(url, tmp_path / "Toy.json.gz", retries=3, backoff_s=30.0)  # a retry would take 30 s
+    _assert_names_host_and_settings(str(err.value), "127.0.0.1")
+    assert requests == [] and not (tmp_path / "Toy.json.gz").exists()
+
+
+def test_an_unresolvable_host_fails_at_once_naming_the_host_and_the_settings(tmp_path, monkeypatch):
+    def no_such_host(host, *args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, f"Name or service not known: {host}")
+
+    calls: list = []
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: calls.append(a) or no_such_host(*a))
+    url = "https://datarepo.invalid/mcauley_group/data/amazon_v2/categoryFiles/Toy.json.gz"
+    with pytest.raises(ValueError, match=r"does not resolve \(DNS\)") as err:
+        download_file(url, tmp_path / "Toy.json.gz", retries=3, backoff_s=30.0)
+    _assert_names_host_and_settings(str(err.value), "datarepo.invalid")
+    assert len(calls) == 1  # no retry
+    # the download stage names the dataset's entry
+    with pytest.raises(ValueError, match=r"set datasets\.cds\.base_url .* or datasets\.cds\.raw_dir"):
+        download_amazon(str(tmp_path / "r.json.gz"), str(tmp_path / "m.json.gz"), {"category": "Toy"}, "cds")
+
+
+def test_other_connection_errors_are_still_retried(tmp_path, monkeypatch):
+    calls: list = []
+
+    def refused(*args, **kwargs):
+        calls.append(args)
+        raise urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))
+
+    monkeypatch.setattr(urllib.request, "urlopen", refused)
+    with pytest.raises(ValueError, match="download incomplete after 3 attempts"):
+        download_file("http://127.0.0.1:9/Toy.json.gz", tmp_path / "Toy.json.gz", retries=2, backoff_s=0.0)
+    assert len(calls) == 3
+
+
+# ---- the published preprocessing's protocol beside ours, on one fixture ----
+
+META_PUBLISHED = [
+    {"asin": "B1", "title": "Rock &amp; Roll"},  # both: "Rock & Roll"
+    {"asin": "B2", "title": "Rock &#39;n&#39; Roll"},  # ours unescapes every entity, published only two
+    {"asin": "B3", "title": " 'Blue' "},  # ours strips single quotes too
+    {"asin": "B4", "title": '<span id="a">Junk</span>'},  # dropped by both
+    {"asin": "B5", "title": '<span class="a-text-normal">Moon</span>'},  # published keeps it, ours drops
+    {"asin": "B6", "title": "Six"},
+]
+REVIEWS_PUBLISHED = [  # u2 is the first user in the file
+    {"reviewerID": "u2", "asin": "B1", "unixReviewTime": day(1), "overall": 5.0},
+    {"reviewerID": "u2", "asin": "B2", "unixReviewTime": day(2), "overall": 4.0},
+    {"reviewerID": "u2", "asin": "B1", "unixReviewTime": day(3), "overall": 3.0},  # a repeated pair
+    {"reviewerID": "u2", "asin": "B3", "unixReviewTime": day(4), "overall": 2.0},
+    {"reviewerID": "u1", "asin": "B2", "unixReviewTime": day(1), "overall": 5.0},
+    {"reviewerID": "u1", "asin": "B3", "unixReviewTime": day(2), "overall": 5.0},
+    {"reviewerID": "u1", "asin": "B2", "unixReviewTime": day(2), "overall": 1.0},  # repeat, tie: file order
+    {"reviewerID": "u1", "asin": "B5", "unixReviewTime": day(5), "overall": 5.0},
+    {"reviewerID": "u3", "asin": "B4", "unixReviewTime": day(3), "overall": 5.0},  # junk title: dropped
+    {"reviewerID": "u3", "asin": "B1", "unixReviewTime": day(6), "overall": 5.0},
+    {"reviewerID": "u3", "asin": "B5", "unixReviewTime": day(6), "overall": 5.0},
+    {"reviewerID": "u3", "asin": "B2", "unixReviewTime": day(7), "overall": 5.0},
+    {"reviewerID": "u4", "asin": "B3", "unixReviewTime": day(7), "overall": 5.0},  # k-core: B6, then u4
+    {"reviewerID": "u4", "asin": "B6", "unixReviewTime": day(8), "overall": 5.0},
+]
+PUBLISHED_PROTOCOL = {"repeats": "keep", "title_cleaning": "published", "ordering": "published"}
+
+
+@pytest.fixture
+def published_files(tmp_path):
+    return {
+        "reviews": write_jsonl_gz(tmp_path / "Pub.json.gz", REVIEWS_PUBLISHED),
+        "meta": write_jsonl_gz(tmp_path / "meta_Pub.json.gz", META_PUBLISHED),
+    }
+
+
+def _rows_as_titles(data) -> dict[str, list[tuple]]:
+    """Each split as (user, history titles, target title, timestamp): independent of the item ids."""
+    title = data.items.column("title").to_pylist()
+    return {
+        name: [
+            (r["user"], [title[i] for i in r["history"]], title[r["target"]], r["timestamp"]) for r in rows
+        ]
+        for name, rows in ((n, t.to_pylist()) for n, t in data.splits.items())
+    }
+
+
+def test_published_protocol_keeps_repeats_and_cleans_titles_as_published(published_files):
+    settings = {**SETTINGS, "category": "Pub", "k_core": 2, "max_history": 3, "split": [0.5, 0.25, 0.25]}
+    data = prepare(dataset_settings({**settings, **PUBLISHED_PROTOCOL}), published_files)
+    # Kept: B1, B2, B3, B5 (B4 `<span id`; B6 has one review, then u4 has one). Per user by time:
+    # u2: B1 B2 B1 B3; u1: B2 B3 B2 B5 (B3 and the second B2 share day 2: file order); u3: B1 B5 B2.
+    rock, rock39, blue, moon = (
+        "Rock & Roll",
+        "Rock &#39;n&#39; Roll",
+        "'Blue'",
+        '<span class="a-text-normal">Moon</span>',
+    )
+    # 8 samples by target time; day 2 holds u2's first and u1's first two: u2 first (first in the file).
+    # [0.5, 0.25, 0.25] of 8 -> cut points 4 and 6.
+    assert _rows_as_titles(data) == {
+        "train": [
+            ("u2", [rock], rock39, day(2)),
+            ("u1", [rock39], blue, day(2)),
+            ("u1", [rock39, blue], rock39, day(2)),  # the target in its own history
+            ("u2", [rock, rock39], rock, day(3)),  # again
+        ],
+        "valid": [
+            ("u2", [rock, rock39, rock], blue, day(4)),  # a repeated history item
+            ("u1", [rock39, blue, rock39], moon, day(5)),
+        ],
+        "test": [("u3", [rock], moon, day(6)), ("u3", [rock, moon], rock39, day(7))],
+    }
+    # Item ids: the items in order of first kept review (B1 B2 B3 B5), shuffled by Python's random(seed).
+    first_seen = ["B1", "B2", "B3", "B5"]
+    random.Random(SETTINGS["seed"]).shuffle(first_seen)
+    assert data.items.column("source_id").to_pylist() == first_seen
+    stats = data.stats
+    assert (stats["users"], stats["items"], stats["interactions"]) == (3, 4, 11)
+    assert "duplicate_user_item" not in stats["dropped"] and stats["dropped"]["meta_title_html"] == 1
+    assert stats["repeats"] == {
+        "train": {"target_in_history": 2, "repeated_history_item": 0},
+        "valid": {"target_in_history": 0, "repeated_history_item": 2},
+        "test": {"target_in_history": 0, "repeated_history_item": 0},
+    }
+
+
+def test_default_protocol_on_the_same_fixture_is_ours(published_files):
+    settings = {**SETTINGS, "category": "Pub", "k_core": 2, "max_history": 3, "split": [0.5, 0.25, 0.25]}
+    data = prepare(dataset_settings(settings), published_files)
+    # Repeats dropped (u2's second B1, u1's second B2), B5 dropped as markup. k-core 2: B6 (1) goes,
+    # then u4 (1). Left: u2 B1 B2 B3; u1 B2 B3; u3 B1 B2.
+    rock, rock_n, blue = "Rock & Roll", "Rock 'n' Roll", "Blue"
+    # 4 samples; on day 2 u1 comes before u2 (users by name); [0.5, 0.25, 0.25] of 4 -> 2 / 1 / 1.
+    assert _rows_as_titles(data) == {
+        "train": [("u1", [rock_n], blue, day(2)), ("u2", [rock], rock_n, day(2))],
+        "valid": [("u2", [rock, rock_n], blue, day(4))],
+        "test": [("u3", [rock], rock_n, day(7))],
+    }
+    ordered = np.array(["B1", "B2", "B3"], dtype=object)[
+        np.random.default_rng(SETTINGS["seed"]).permutation(3)
+    ]
+    assert data.items.column("source_id").to_pylist() == list(ordered)
+    assert (data.stats["users"], data.stats["items"], data.stats["interactions"]) == (3, 3, 7)
+    assert data.stats["dropped"]["duplicate_user_item"] == 2 and "repeats" not in data.stats
+
+
+def test_published_metadata_takes_an_asins_last_title_and_drops_it_if_any_row_is_rejected(tmp_path):
+    meta = write_jsonl_gz(
+        tmp_path / "meta.json.gz",
+        [
+            {"asin": "C1", "title": "Seven"},
+            {"asin": "C1", "title": "Seven Remastered"},
+            {"asin": "C2", "title": "Eight"},
+            {"asin": "C2", "title": '<span id="x">'},
+        ],
+    )
+    ours = read_meta_titles(meta, 20, Counter(), "flowrec")
+    published = read_meta_titles(meta, 20, Counter(), "published")
+    assert ours == ({"C1": "Seven", "C2": "Eight"}, set())
+    assert published == ({"C1": "Seven Remastered"}, {"C2"})
+
+
+def test_protocol_settings_are_checked():
+    with pytest.raises(ValueError, match=r"datasets.dataset.repeats: 'some'.*\('drop', 'keep'\)"):
+        dataset_settings({**SETTINGS, "repeats": "some"})
+    with pytest.raises(ValueError, match="datasets.dataset.title_cleaning: published is the published"):
+        dataset_settings({"source": "movielens", "title_cleaning": "published"})

@@ -9,6 +9,7 @@ import pytest
 from flowrec.data import prepare, write_prepared
 from flowrec.data.d3_export import D3_COLUMNS, write_d3_csv
 from flowrec.data.interop import import_d3
+from flowrec.data.protocol import repeat_counts
 from flowrec.data.settings import dataset_settings
 
 CDS = Path(__file__).resolve().parents[3] / "shared" / "data" / "amazon2018-cds"
@@ -129,3 +130,21 @@ def test_published_cds_split_round_trips_through_import_and_export(tmp_path):
         given = pd.read_csv(CDS / f"{name}.csv", dtype=str, keep_default_na=False)
         exported = pd.read_csv(tmp_path / f"{name}.csv", dtype=str, keep_default_na=False)
         pd.testing.assert_frame_equal(exported[given.columns], given)
+
+
+def test_published_cds_split_keeps_repeated_pairs():
+    """The published split keeps repeated (user, item) pairs (datasets.*.repeats: keep): of its 12,313
+    valid and test samples, 119 have their target in their own history and 711 an item twice in it.
+    Our default protocol (repeats: drop) gives 0 and 0 (tests/unit/test_data_amazon.py)."""
+    if not (CDS / "valid.csv").exists():
+        pytest.skip(f"{CDS} absent: the paper's published CDs split is not on this machine")
+    _, splits, _ = import_d3(CDS, max_history=10, seed=42)
+    counts = [
+        repeat_counts(splits[name].column("history").to_pylist(), splits[name].column("target").to_pylist())
+        for name in ("valid", "test")
+    ]
+    assert splits["valid"].num_rows + splits["test"].num_rows == 12313
+    assert {key: sum(c[key] for c in counts) for key in counts[0]} == {
+        "target_in_history": 119,
+        "repeated_history_item": 711,
+    }

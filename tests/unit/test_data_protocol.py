@@ -27,7 +27,7 @@ from flowrec.data.settings import dataset_settings
     ],
 )
 def test_clean_title(raw, expected):
-    assert clean_title(raw, max_words=4) == expected
+    assert clean_title(raw, 4, "flowrec") == expected
 
 
 def test_window_bounds_are_month_starts_inclusive():
@@ -39,9 +39,48 @@ def test_window_bounds_are_month_starts_inclusive():
 
 
 def test_split_sizes_floor_train_and_valid():
-    assert split_sizes(61564, [0.8, 0.1, 0.1]) == (49251, 6156, 6157)  # the published CDs split
-    assert split_sizes(10, [0.8, 0.1, 0.1]) == (8, 1, 1)
-    assert split_sizes(7, [3, 1, 1]) == (4, 1, 2)
+    assert split_sizes(61564, [0.8, 0.1, 0.1], "flowrec") == (49251, 6156, 6157)  # the published CDs split
+    assert split_sizes(10, [0.8, 0.1, 0.1], "flowrec") == (8, 1, 1)
+    assert split_sizes(7, [3, 1, 1], "flowrec") == (4, 1, 2)
+
+
+def test_published_split_sizes_cut_at_cumulative_shares():
+    """The published script cuts at int(0.8 n) and int(0.9 n): the published files' row counts follow
+    (Table 2 minus one first interaction per user = samples)."""
+    shares = [0.8, 0.1, 0.1]
+    assert split_sizes(69249 - 7685, shares, "published") == (49251, 6156, 6157)  # CDs
+    assert split_sizes(70483 - 9066, shares, "published") == (49133, 6142, 6142)  # Games: valid 6142
+    assert split_sizes(70483 - 9066, shares, "flowrec") == (49133, 6141, 6143)  # ours differs there
+    assert split_sizes(31085 - 3663, shares, "published") == (21937, 2742, 2743)  # Movies
+    assert split_sizes(19, shares, "published") == (15, 2, 2) and split_sizes(19, shares, "flowrec") == (
+        15,
+        1,
+        3,
+    )
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("  Abbey Road &amp; More ", ("Abbey Road & More", None)),
+        ("&quot;Blue&quot;", ("Blue", None)),  # &quot; unescaped, then the quotes stripped
+        (" 'Blue' ", ("'Blue'", None)),  # single quotes stay
+        ('" Blue "', (" Blue ", None)),  # spaces are stripped before the quotes, not after
+        ("Rock &#39;n&#39; Roll &lt;3", ("Rock &#39;n&#39; Roll &lt;3", None)),  # other entities stay
+        (
+            '<span class="a-size-medium a-color-secondary',
+            ('<span class="a-size-medium a-color-secondary', None),
+        ),
+        ('Album <span id="x">junk</span>', (None, "title_html")),
+        ("X", (None, "title_too_short")),
+        ('""', (None, "title_missing")),
+        (None, (None, "title_missing")),
+        ("w w w  w", (None, "title_too_long")),  # split on single spaces: five words (ours: four)
+        ("w w w w", ("w w w w", None)),
+    ],
+)
+def test_clean_title_published(raw, expected):
+    assert clean_title(raw, 4, "published") == expected
 
 
 def test_k_core_is_iterated_until_stable():

@@ -1,10 +1,16 @@
 """Prompts and targets: one construction for training and decoding, titles tokenized apart."""
 
+from functools import partial
+
 import numpy as np
 import pytest
 
 from flowrec.prompts import (
     HISTORY_FREE_TASK,
+    SYSTEM,
+    TASK,
+    TERSE_SYSTEM,
+    PromptSettings,
     history_free_prompt_ids,
     prompt_ids,
     prompt_ids_batch,
@@ -13,6 +19,7 @@ from flowrec.prompts import (
     title_ids,
     title_ids_batch,
 )
+from flowrec.settings import settings_from_block
 
 HISTORY = [f"Movie {i} (199{i % 10})" for i in range(14)]
 
@@ -98,3 +105,57 @@ def test_fallback_without_chat_template(tokenizer) -> None:
     text = tokenizer.decode(prompt_ids(plain, HISTORY[:2], 10))
     assert text.endswith("### Response:\n") and "<|im_start|>" not in text
     assert title_ids(plain, "Heat (1995)") == title_ids(tokenizer, "Heat (1995)")
+
+
+def test_published_style_is_the_published_alpaca_layout(tokenizer) -> None:
+    """with_history/code/dataset.py: preamble + instruction, the input line with the titles joined by
+    ", ", the response header; no chat template. The text below is written out from that file."""
+    ids = prompt_ids(tokenizer, HISTORY, 3, style="published", noun="musics")
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    preamble = (
+        "Below is an instruction that describes a task, paired with an input that provides further context. "
+        "Write a response that appropriately completes the request. \n\n### Instruction:\n"
+        "Given a list of musics the user recently enjoy, please write a new musics that the user may bought\n\n"
+    )
+    user_input = (
+        "### User Input: \nThe user has enjoyed the following musicss before: "
+        "Movie 11 (1991), Movie 12 (1992), Movie 13 (1993)\n\n### Response: \n"
+    )
+    # the two parts are tokenized apart and joined at the id level, as the published code does
+    encode = partial(tokenizer, add_special_tokens=False)
+    assert ids == bos + encode(preamble)["input_ids"] + encode(user_input)["input_ids"]
+    # no chat template (the tokenizer's BOS, if it has one, opens the text as the published code adds it;
+    # Qwen2.5 has none)
+    assert tokenizer.decode(ids[len(bos) :]) == preamble + user_input and "assistant" not in tokenizer.decode(
+        ids
+    )
+    # the target follows the response header: title + "\n", then EOS
+    target = title_ids(tokenizer, "Heat (1995)")
+    full, n_prompt = sample_ids(ids, target)
+    assert tokenizer.decode(full[n_prompt:]) == "Heat (1995)\n" + tokenizer.eos_token
+    assert tokenizer.decode(full).endswith("### Response: \nHeat (1995)\n" + tokenizer.eos_token)
+    batch = prompt_ids_batch(tokenizer, [HISTORY, HISTORY[:1], []], 3, "published", "musics")
+    assert (
+        batch[0] == ids
+        and len({tuple(b[: len(bos) + len(encode(preamble)["input_ids"])]) for b in batch}) == 1
+    )
+    assert tokenizer.decode(batch[1]).endswith("before: Movie 0 (1990)\n\n### Response: \n")
+
+
+def test_full_and_terse_ids_are_the_chat_template_of_their_messages(tokenizer) -> None:
+    """The styles that existed before `published` still encode exactly their chat-template text."""
+    listing = "\n".join(f"{i}. {t}" for i, t in enumerate(HISTORY[-4:], start=1))
+    for style, system, user in (
+        ("full", SYSTEM, f"{TASK}\nItems (oldest first):\n{listing}"),
+        ("terse", TERSE_SYSTEM, listing),
+    ):
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        expected = tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert prompt_ids(tokenizer, HISTORY, 4, style) == expected
+        assert prompt_ids(tokenizer, HISTORY, 4, style, noun="musics") == expected  # the noun is published's
+
+
+def test_item_noun_default_comes_from_the_schema() -> None:
+    settings = settings_from_block(PromptSettings, {"style": "published"}, "prompt")
+    assert (settings.style, settings.item_noun, settings.max_history) == ("published", "items", 10)

@@ -50,7 +50,13 @@ def prepare(settings: DatasetSettings, inputs: dict[str, str]) -> PreparedData:
         if settings.widen_window_min_items is not None:
             low = None  # the window may widen backwards: keep the earlier reviews too
         inter, titles = load_amazon(
-            inputs["reviews"], inputs["meta"], settings.max_title_words, drops, low, high
+            inputs["reviews"],
+            inputs["meta"],
+            settings.max_title_words,
+            drops,
+            low,
+            high,
+            settings.title_cleaning,
         )
     else:
         raise ValueError(f"source {settings.source!r}: expected movielens, amazon or import")

@@ -15,8 +15,11 @@ import http.client
 import json
 import logging
 import os
+import socket
+import ssl
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import zlib
 from array import array
@@ -43,6 +46,31 @@ def amazon_urls(base_url: str, category: str) -> dict[str, str]:
     }
 
 
+def unreachable_host(url: str, err: BaseException, block: str = "datasets.<name>") -> str | None:
+    """The message for a download that cannot reach its host (DNS or TLS failure), or None.
+
+    Retrying does not help there: the name does not resolve, or the host refuses the TLS handshake
+    (the retired datarepo.eng.ucsd.edu does since 2025). The message names the host and the two
+    settings that point elsewhere: base_url (another host) and raw_dir (files already on disk), in the
+    config block `block` (the dataset's entry when the caller knows it). Only errors of opening the connection count (urlopen wraps them in URLError); a TLS error while
+    reading the body of an open connection is a dropped connection, retried like any other.
+    """
+    reason = err.reason if isinstance(err, urllib.error.URLError) else None
+    if isinstance(reason, socket.gaierror):
+        what = "the host name does not resolve (DNS)"
+    elif isinstance(reason, ssl.SSLError | ssl.CertificateError):
+        what = "the TLS handshake failed"
+    else:
+        return None
+    host = urllib.parse.urlsplit(url).hostname
+    return (
+        f"{url}: {what} for host {host} ({type(reason).__name__}: {reason}). The files may have moved: "
+        f"set {block}.base_url to a host serving categoryFiles/ and metaFiles2/ (default in "
+        f"config/schema.yaml), or {block}.raw_dir to a folder already holding {{category}}.json.gz "
+        "and meta_{category}.json.gz"
+    )
+
+
 def verify_gzip(path: str | Path, what: str) -> str:
     """Read the gzip file to its end (raises ValueError naming `what` if it is not whole); return sha256."""
     digest = hashlib.sha256()
@@ -65,13 +93,16 @@ def download_file(
     retries: int = 6,
     backoff_s: float = 2.0,
     timeout_s: float = 60.0,
+    block: str = "datasets.<name>",
 ) -> Path:
     """Download `url` to `dest`, resuming with HTTP Range after a dropped connection.
 
     Bytes go to `<dest>.part`; after each failure the next attempt asks for the rest
     (`Range: bytes=<size>-`) after waiting backoff_s * 2**attempt seconds. Only a file that reads
     to the end as gzip, and matches `sha256` when given, is renamed to `dest`; otherwise the
-    partial file is removed and ValueError names the URL and the file.
+    partial file is removed and ValueError names the URL and the file. A DNS or TLS failure raises at
+    once (no retries), naming the host and the settings base_url and raw_dir of `block`
+    (`unreachable_host`).
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -102,7 +133,15 @@ def download_file(
             if total is None or got >= total:
                 break
             log.warning("%s: connection closed at %d of %d bytes", url, got, total)
-        except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as err:
+        except (
+            urllib.error.URLError,
+            http.client.HTTPException,
+            ConnectionError,
+            TimeoutError,
+            ssl.SSLError,
+        ) as err:
+            if (message := unreachable_host(url, err, block)) is not None:
+                raise ValueError(message) from err
             if isinstance(err, urllib.error.HTTPError) and err.code in (403, 404, 410):
                 raise ValueError(f"{url}: HTTP {err.code} {err.reason}; check base_url and category") from err
             if isinstance(err, urllib.error.HTTPError) and err.code == 416 and have:
@@ -168,11 +207,13 @@ def _json_lines(path: str | Path, drops: Counter, prefix: str):
 
 
 def read_meta_titles(
-    path: str | Path, max_title_words: int, drops: Counter
+    path: str | Path, max_title_words: int, drops: Counter, cleaning: str
 ) -> tuple[dict[str, str], set[str]]:
     """({asin: clean title}, asins whose title was dropped) from a meta_{category}.json.gz file.
 
-    Rows without an asin or title are counted; an asin listed twice keeps its first usable title.
+    Rows without an asin or title are counted. An asin listed twice: `cleaning` flowrec keeps its first
+    usable title; published does as the published script, which overwrites the title with every later
+    usable row and drops the asin if any of its rows is rejected.
     """
     titles: dict[str, str] = {}
     rejected: set[str] = set()
@@ -183,16 +224,21 @@ def read_meta_titles(
             if drops["meta_missing_asin"] <= MAX_LOGGED:
                 log.warning("%s:%d: no asin", path, number)
             continue
-        if asin in titles:
+        if asin in titles or (cleaning == "published" and asin in rejected):
             drops["meta_duplicate_asin"] += 1
-            continue
-        title, reason = clean_title(obj.get("title"), max_title_words)
+            if cleaning != "published":
+                continue
+        title, reason = clean_title(obj.get("title"), max_title_words, cleaning)
         if reason:
             drops[f"meta_{reason}"] += 1
             rejected.add(asin)
         else:
             titles[asin] = title
-    rejected -= titles.keys()
+    if cleaning == "published":
+        for asin in rejected:
+            titles.pop(asin, None)
+    else:
+        rejected -= titles.keys()
     log.info("%s: %d items with a clean title, %d rejected", path, len(titles), len(rejected))
     return titles, rejected
 
@@ -256,11 +302,13 @@ def load_amazon(
     meta_path: str | Path,
     max_title_words: int,
     drops: Counter,
-    low: int | None = None,
-    high: int | None = None,
+    low: int | None,
+    high: int | None,
+    cleaning: str,
 ) -> tuple[pd.DataFrame, pd.Series]:
-    """(interactions, titles) of one category: metadata first (titles), then the reviews streamed."""
-    titles, rejected = read_meta_titles(meta_path, max_title_words, drops)
+    """(interactions, titles) of one category: metadata first (titles, `cleaning` as
+    datasets.*.title_cleaning), then the reviews streamed."""
+    titles, rejected = read_meta_titles(meta_path, max_title_words, drops, cleaning)
     inter = read_reviews(reviews_path, titles, rejected, drops, low, high)
     used = inter["item"].cat.categories
     return inter, pd.Series([titles[a] for a in used], index=np.asarray(used, dtype=object), name="title")

@@ -180,7 +180,7 @@ def import_d3(
         ordered = np.array(sorted(seen), dtype=object)[np.random.default_rng(seed).permutation(len(seen))]
         items = pd.DataFrame({"item_id": np.arange(len(ordered), dtype=np.int64), "title": ordered})
     n_items = len(items)
-    junk = sum(clean_title(t, 10**9)[1] == "title_html" for t in items["title"])
+    junk = sum(clean_title(t, 10**9, "flowrec")[1] == "title_html" for t in items["title"])
     if junk:
         stats_drops["imported_items_with_html_title_kept"] = int(junk)
         log.warning(

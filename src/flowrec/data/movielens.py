@@ -48,7 +48,8 @@ def movielens_titles(item_path: str | Path, max_title_words: int, drops: Counter
     duplicate titles do (generation and metrics work on titles).
     """
     items = _read_atomic(item_path, ["item_id", "movie_title", "release_year"])
-    cleaned = [clean_title(t, max_title_words) for t in items["movie_title"]]
+    # ours always: the published title rule is the Amazon script's (datasets.*.title_cleaning: source amazon)
+    cleaned = [clean_title(t, max_title_words, "flowrec") for t in items["movie_title"]]
     for _, reason in cleaned:
         if reason:
             drops[f"item_{reason}"] += 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import logging
 import math
+import random
 import re
 from collections import Counter
 from datetime import UTC, datetime
@@ -41,12 +42,17 @@ def window_bounds(settings: DatasetSettings, start_month: str | None = None) -> 
     return low, high
 
 
-def clean_title(raw: object, max_words: int) -> tuple[str | None, str | None]:
+def clean_title(raw: object, max_words: int, cleaning: str) -> tuple[str | None, str | None]:
     """(clean title, None) or (None, reason) for one raw title (docs/method.md section 2).
 
-    html.unescape, then strip surrounding spaces and quotes; drop a missing title, one of one character
-    or less, more than `max_words` whitespace-separated words, or one containing HTML markup.
+    `cleaning` flowrec (ours): html.unescape, then strip surrounding spaces and quotes; drop a missing
+    title, one of one character or less, more than `max_words` whitespace-separated words, or one
+    containing HTML markup. `published`: the published preprocessing script's rule (`clean_title_published`).
     """
+    if cleaning == "published":
+        return clean_title_published(raw, max_words)
+    if cleaning != "flowrec":
+        raise ValueError(f"title_cleaning: {cleaning!r}, expected flowrec or published")
     if not isinstance(raw, str):
         return None, "title_missing"
     title = html.unescape(raw).strip(_STRIP)
@@ -59,6 +65,41 @@ def clean_title(raw: object, max_words: int) -> tuple[str | None, str | None]:
     if len(title.split()) > max_words:
         return None, "title_too_long"
     return title, None
+
+
+def clean_title_published(raw: object, max_words: int) -> tuple[str | None, str | None]:
+    """The published preprocessing's title rule (Mr-Peach0301/Flower, with_history/code/process.py).
+
+    A raw title containing `<span id` is dropped (other markup, e.g. `<span class=`, is kept); only
+    `&quot;` and `&amp;` are unescaped (`&#39;` and the rest stay as written); then spaces, and after
+    them double quotes, are stripped from both ends (`'x'` keeps its single quotes, `" x "` becomes
+    ` x `: the spaces inside the quotes stay). Kept if longer than one character
+    and at most `max_words` words split on single spaces (two spaces in a row count an empty word).
+    """
+    if not isinstance(raw, str):
+        return None, "title_missing"
+    if "<span id" in raw:
+        return None, "title_html"
+    title = raw.replace("&quot;", '"').replace("&amp;", "&").strip(" ").strip('"')
+    if not title:
+        return None, "title_missing"
+    if len(title) <= 1:
+        return None, "title_too_short"
+    if len(title.split(" ")) > max_words:
+        return None, "title_too_long"
+    return title, None
+
+
+def repeat_counts(history: list[list[int]], target: list[int]) -> dict[str, int]:
+    """How many samples have their target in their own history, and how many a history item twice.
+
+    Both are 0 when repeated (user, item) pairs are dropped (datasets.*.repeats: drop); the published
+    split keeps them (datasets.*.repeats: keep).
+    """
+    return {
+        "target_in_history": sum(t in h for h, t in zip(history, target, strict=True)),
+        "repeated_history_item": sum(len(set(h)) < len(h) for h in history),
+    }
 
 
 def filter_window(inter: pd.DataFrame, low: int | None, high: int | None, drops: Counter) -> pd.DataFrame:
@@ -115,27 +156,60 @@ def assign_item_ids(source_ids: np.ndarray, seed: int) -> np.ndarray:
     return ordered[np.random.default_rng(seed).permutation(len(ordered))]
 
 
-def split_sizes(n: int, shares: list[float]) -> tuple[int, int, int]:
-    """train = floor(s0 / S * n), valid = floor(s1 / S * n), test = the rest (S = sum of shares).
+def assign_item_ids_published(first_seen: list[str], seed: int) -> np.ndarray:
+    """Item-id order of the published script (datasets.*.ordering: published): the items in order of
+    their first kept review in the file, shuffled in place by Python's `random` seeded with `seed`.
 
-    E.g. 61564 samples with [0.8, 0.1, 0.1] -> 49251 / 6156 / 6157 (the published CDs split).
+    Python's Mersenne Twister shuffle is the same on every platform and version since 3.2, so the
+    published ids can be rebuilt from the raw files; numpy's generator (ours) gives other ids.
+    """
+    ordered = list(first_seen)
+    random.Random(seed).shuffle(ordered)
+    return np.asarray(ordered, dtype=object)
+
+
+def split_sizes(n: int, shares: list[float], ordering: str) -> tuple[int, int, int]:
+    """(train, valid, test) sizes of `n` samples sorted by time (S = sum of shares).
+
+    flowrec: train = floor(s0 / S * n), valid = floor(s1 / S * n), test = the rest. published (the
+    script's cumulative cut points): train = floor(s0 / S * n), valid = floor((s0 + s1) / S * n) - train.
+    E.g. 61564 samples with [0.8, 0.1, 0.1] -> 49251 / 6156 / 6157 both ways (the published CDs split);
+    61417 (Games) -> 49133 / 6141 / 6143 (flowrec) and 49133 / 6142 / 6142 (published).
     """
     total = sum(shares)
     n_train = math.floor(shares[0] / total * n + 1e-9)
-    n_valid = math.floor(shares[1] / total * n + 1e-9)
+    if ordering == "published":
+        n_valid = math.floor((shares[0] + shares[1]) / total * n + 1e-9) - n_train
+    else:
+        n_valid = math.floor(shares[1] / total * n + 1e-9)
     return n_train, n_valid, n - n_train - n_valid
 
 
-def build_samples(inter: pd.DataFrame, item_code_to_id: np.ndarray, max_history: int) -> pa.Table:
-    """One sample per interaction after a user's first, ordered by (target time, user, position).
+def user_ranks(inter: pd.DataFrame, ordering: str) -> np.ndarray:
+    """Rank of each user code among the users, which breaks ties between samples of equal target time.
+
+    flowrec: by user name. published: by the user's first interaction in source order (the published
+    script lists users in the order it first meets them, and its sort by target time is stable).
+    """
+    if ordering == "published":
+        key = np.full(len(inter["user"].cat.categories), np.iinfo(np.int64).max, dtype=np.int64)
+        np.minimum.at(key, inter["user"].cat.codes.to_numpy(), inter["order"].to_numpy(np.int64))
+    else:
+        key = np.asarray(inter["user"].cat.categories, dtype=object).astype(str)
+    return np.argsort(np.argsort(key, kind="stable"), kind="stable")
+
+
+def build_samples(
+    inter: pd.DataFrame, item_code_to_id: np.ndarray, max_history: int, user_rank: np.ndarray
+) -> pa.Table:
+    """One sample per interaction after a user's first, ordered by (target time, user rank, position).
 
     `inter`: columns user/item (categorical), timestamp, rating, order. Per user the interactions are
     sorted by (timestamp, source order); the history of position i is positions max(0, i-H)..i-1.
-    Columns: user, history, target, timestamp (the contract) and history_timestamp, history_rating,
-    rating (kept for the D3 CSV only).
+    `user_rank`: user code -> rank (`user_ranks`). Columns: user, history, target,
+    timestamp (the contract) and history_timestamp, history_rating, rating (kept for the D3 CSV only).
     """
     user_names = np.asarray(inter["user"].cat.categories, dtype=object).astype(str)
-    user_rank = np.argsort(np.argsort(user_names, kind="stable"), kind="stable")  # code -> rank by name
     df = pd.DataFrame(
         {
             "rank": user_rank[inter["user"].cat.codes.to_numpy()],
@@ -184,7 +258,8 @@ def _window_and_core(inter: pd.DataFrame, settings: DatasetSettings, start: str 
             f"no interactions inside the window window_start={start!r}, window_end={settings.window_end!r} "
             f"(data spans {_month(inter['timestamp'].min())} to {_month(inter['timestamp'].max())})"
         )
-    kept = dedupe_user_item(kept, drops)
+    if settings.repeats == "drop":
+        kept = dedupe_user_item(kept, drops)
     kept = k_core(kept, settings.k_core, drops)
     return kept
 
@@ -203,7 +278,7 @@ def _month(ts: float) -> str:
 def build_dataset(
     inter: pd.DataFrame, titles: pd.Series, settings: DatasetSettings, drops: Counter
 ) -> tuple[pa.Table, dict[str, pa.Table], dict]:
-    """Window, dedupe, k-core, item ids, samples, split: (items, {split: samples}, stats).
+    """Window, dedupe (repeats: drop), k-core, item ids, samples, split: (items, {split: samples}, stats).
 
     `inter`: columns user (str), item (source id, str), timestamp (unix s), rating, in source order;
     only items with a clean title (the index of `titles`) may appear. `drops` already holds the
@@ -248,7 +323,11 @@ def build_dataset(
         user=kept["user"].cat.remove_unused_categories(), item=kept["item"].cat.remove_unused_categories()
     )
     source_ids = np.asarray(kept["item"].cat.categories, dtype=object).astype(str)
-    ordered = assign_item_ids(source_ids, settings.seed)
+    if settings.ordering == "published":
+        first_seen = kept.sort_values("order", kind="stable")["item"].drop_duplicates()
+        ordered = assign_item_ids_published(first_seen.astype(str).tolist(), settings.seed)
+    else:
+        ordered = assign_item_ids(source_ids, settings.seed)
     id_of_source = pd.Series(np.arange(len(ordered), dtype=np.int64), index=ordered)
     code_to_id = id_of_source.loc[source_ids].to_numpy()
     missing = ~pd.Index(ordered).isin(titles.index)
@@ -261,13 +340,13 @@ def build_dataset(
             "source_id": pa.array(ordered, pa.string()),
         }
     )
-    samples = build_samples(kept, code_to_id, settings.max_history)
+    samples = build_samples(kept, code_to_id, settings.max_history, user_ranks(kept, settings.ordering))
     if samples.num_rows < 3:
         raise ValueError(
             f"only {samples.num_rows} samples after filtering (k_core={settings.k_core}, "
             f"window_start={start!r}, window_end={settings.window_end!r}); need at least 3 to split"
         )
-    sizes = split_sizes(samples.num_rows, settings.split)
+    sizes = split_sizes(samples.num_rows, settings.split, settings.ordering)
     bounds = np.r_[0, np.cumsum(sizes)]
     splits = {name: samples.slice(bounds[i], sizes[i]) for i, name in enumerate(SPLITS)}
     n_titles = len(set(items.column("title").to_pylist()))
@@ -285,4 +364,9 @@ def build_dataset(
         # rows kept but repaired (e.g. flowrec.data.amazon: bytes that are not UTF-8 replaced), by reason
         "warnings": {k: v for k, v in sorted(drops.items()) if k.endswith(_KEPT_WITH_WARNING)},
     }
+    if settings.repeats == "keep":  # only then: the default's stats.json stays as it was
+        stats["repeats"] = {
+            name: repeat_counts(table.column("history").to_pylist(), table.column("target").to_pylist())
+            for name, table in splits.items()
+        }
     return items, splits, stats

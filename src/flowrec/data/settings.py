@@ -15,6 +15,10 @@ from typing import Any
 from flowrec.settings import settings_from_block
 
 SOURCES = ("movielens", "amazon", "import")
+# Protocol variants: ours first (the schema's default), then the published preprocessing script's.
+REPEATS = ("drop", "keep")
+TITLE_CLEANINGS = ("flowrec", "published")
+ORDERINGS = ("flowrec", "published")
 
 
 @dataclass
@@ -35,6 +39,9 @@ class DatasetSettings:
     split: list[float]
     seed: int
     max_title_words: int
+    repeats: str  # drop | keep: repeated (user, item) pairs
+    title_cleaning: str  # flowrec | published
+    ordering: str  # flowrec | published: item-id shuffle, ties of equal target time, split cut points
 
     def validate(self, name: str = "dataset") -> None:
         if self.source not in SOURCES:
@@ -45,6 +52,18 @@ class DatasetSettings:
             raise ValueError(f"datasets.{name}.import_dir: required for source import")
         if len(self.split) != 3 or min(self.split) <= 0:
             raise ValueError(f"datasets.{name}.split: {self.split}, expected three positive shares")
+        for key, allowed in (
+            ("repeats", REPEATS),
+            ("title_cleaning", TITLE_CLEANINGS),
+            ("ordering", ORDERINGS),
+        ):
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"datasets.{name}.{key}: {getattr(self, key)!r}, expected one of {allowed}")
+        if self.title_cleaning == "published" and self.source != "amazon":
+            raise ValueError(
+                f"datasets.{name}.title_cleaning: published is the published script's rule for Amazon "
+                f"metadata; source {self.source!r} cleans its titles as flowrec"
+            )
         for key in ("window_start", "window_end"):
             if getattr(self, key) is not None:
                 month_start(getattr(self, key), f"datasets.{name}.{key}")

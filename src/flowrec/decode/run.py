@@ -67,6 +67,7 @@ class DecodeJob:
     decode: dict  # DecodeSettings fields
     max_history: int  # prompt.max_history
     prompt_style: str  # prompt.style
+    item_noun: str  # prompt.item_noun (the published style's instruction)
     p_ui: str | None = None  # sasrec/p_ui_test.npy (D3's assistant only)
     device: str | None = None  # default: cuda:{LOCAL_RANK} when CUDA is available, else cpu
 
@@ -90,7 +91,11 @@ def run_decode(job: DecodeJob) -> dict:
     model, tokenizer = load_tuned(job.model_dir, device=device)
     histories = test["history"].iloc[samples[mine]]
     prompts = prompt_ids_batch(
-        tokenizer, [[item_titles[i] for i in h] for h in histories], job.max_history, job.prompt_style
+        tokenizer,
+        [[item_titles[i] for i in h] for h in histories],
+        job.max_history,
+        job.prompt_style,
+        job.item_noun,
     )
     assistant = None
     if settings.assistant_weight is not None:

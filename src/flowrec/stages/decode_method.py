@@ -46,6 +46,7 @@ def decode_method(
         decode=dict(decode),
         max_history=prompt_settings.max_history,
         prompt_style=prompt_settings.style,
+        item_noun=prompt_settings.item_noun,
         p_ui=p_ui,
     )
     log.info("%s %s: decoding with %s, %d process(es)", dataset, method, job.decode, nproc)
@@ -68,7 +69,7 @@ STAGE = Stage(
             "decode settings resolved for the method: test_samples, seed, num_beams, num_return, "
             "batch_size, temperature, length_normalise, assistant_weight (null: no assistant)"
         ),
-        "prompt": Param("prompt block: max_history, style", block="prompt"),
+        "prompt": Param("prompt block: max_history, style, item_noun", block="prompt"),
     },
     wildcards={"dataset": "dataset name", "method": "method name (labels the log)"},
 )

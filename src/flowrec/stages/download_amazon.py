@@ -26,7 +26,7 @@ def download_amazon(reviews: str, meta: str, settings: dict, dataset: str) -> No
     checksums = values["checksums"] or {}
     for key, dest in (("reviews", reviews), ("meta", meta)):
         log.info("downloading %s -> %s", urls[key], dest)
-        download_file(urls[key], dest, sha256=checksums.get(Path(dest).name))
+        download_file(urls[key], dest, sha256=checksums.get(Path(dest).name), block=f"datasets.{dataset}")
 
 
 STAGE = Stage(
