@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 import pytest
 
+from flowrec import methods
 from flowrec.code_deps import module_files
 from tests.integration.conftest import run_snakemake
 
@@ -78,7 +79,8 @@ def planned_with_overlay(workdir: Path, name: str, text: str) -> list[Job]:
 
 def test_flower_setting_reruns_only_flower(finished):
     jobs = planned_with_overlay(finished, "flower_lambda.yaml", "flower:\n  lambda: 0.01\n")
-    # flower_vocab is Flower with normalise: vocab, so it shares the `flower:` block
+    # flower_vocab is Flower with normalise: vocab, so it shares the `flower:` block; RQ3's F_ rows
+    # start from Flower's model
     assert summary(jobs) == Counter(
         [
             "tune[ml100k,flower]",
@@ -87,6 +89,19 @@ def test_flower_setting_reruns_only_flower(finished):
             "tune[ml100k,flower_vocab]",
             "decode[ml100k,flower_vocab]",
             "evaluate_method[ml100k,flower_vocab]",
+            "tune[ml100k,f_sdpo]",
+            "decode[ml100k,f_sdpo]",
+            "evaluate_method[ml100k,f_sdpo]",
+            "tune[ml100k,f_dmpo]",
+            "decode[ml100k,f_dmpo]",
+            "evaluate_method[ml100k,f_dmpo]",
+            "tune[ml100k,f_rosepo]",
+            "decode[ml100k,f_rosepo]",
+            "evaluate_method[ml100k,f_rosepo]",
+            "tune[ml100k,f_ppo]",
+            "decode[ml100k,f_ppo]",
+            "evaluate_method[ml100k,f_ppo]",
+            "make_rq3_table[ml100k]",
             "make_tables[ml100k]",
             "make_figures[ml100k]",
             "make_combined_table",
@@ -111,6 +126,23 @@ def test_distfit_flower_setting_reruns_only_its_row(finished):
         ]
     )
     assert_changed_params_then_inputs(jobs, "distfit_tune")
+
+
+def test_align_setting_reruns_only_its_algorithm(finished):
+    jobs = planned_with_overlay(finished, "dmpo_mean.yaml", "align:\n  dmpo_reduce: mean\n")
+    assert summary(jobs) == Counter(
+        [
+            "tune[ml100k,b_dmpo]",
+            "decode[ml100k,b_dmpo]",
+            "evaluate_method[ml100k,b_dmpo]",
+            "tune[ml100k,f_dmpo]",
+            "decode[ml100k,f_dmpo]",
+            "evaluate_method[ml100k,f_dmpo]",
+            "make_rq3_table[ml100k]",
+            "all",
+        ]
+    )
+    assert_changed_params_then_inputs(jobs, "tune")
 
 
 def rules_importing(path: str) -> set[str]:
@@ -177,10 +209,19 @@ def test_new_dataset_runs_only_its_jobs(finished):
     new = [j for j in jobs if j.wildcards.get("dataset") == "ml100k_feb"]
     others = summary([j for j in jobs if j.wildcards.get("dataset") != "ml100k_feb"])
     assert others == Counter(["make_combined_table", "all"]), others
-    # the new dataset gets every per-dataset job the first one has (distfit runs on distfit.datasets only)
+    # the new dataset gets every per-dataset job the first one has (distfit runs on distfit.datasets
+    # only, RQ3 on align.datasets only)
     full = planned(finished, "--forceall")
-    per_dataset = Counter(j.rule for j in full if j.wildcards.get("dataset") == "ml100k")
-    per_dataset = Counter({rule: n for rule, n in per_dataset.items() if not rule.startswith("distfit")})
+    aligned = set(methods.names(kind="aligned"))
+    first = [
+        j
+        for j in full
+        if j.wildcards.get("dataset") == "ml100k"
+        and not j.rule.startswith("distfit")
+        and j.rule != "make_rq3_table"
+        and j.wildcards.get("method") not in aligned
+    ]
+    per_dataset = Counter(j.rule for j in first)
     assert Counter(j.rule for j in new) == per_dataset, summary(new)
 
 
@@ -194,10 +235,27 @@ def test_data_setting_reruns_the_data_stage_and_what_follows(finished):
 
 def test_sasrec_setting_reruns_sasrec_and_its_users_only(finished):
     jobs = planned_with_overlay(finished, "sasrec_setting.yaml", "sasrec:\n  hidden_size: 8\n")
-    # p_ui feeds both Flower rows' rewards (training) and D3's assistant (decoding); nothing upstream reruns
+    # p_ui feeds both Flower rows' rewards (training), PPO's reward and D3's assistant (decoding); RQ3's
+    # F_ rows start from Flower; nothing upstream reruns
     assert summary(jobs) == Counter(
         [
             "train_sasrec[ml100k]",
+            "tune[ml100k,b_ppo]",
+            "decode[ml100k,b_ppo]",
+            "evaluate_method[ml100k,b_ppo]",
+            "tune[ml100k,f_sdpo]",
+            "decode[ml100k,f_sdpo]",
+            "evaluate_method[ml100k,f_sdpo]",
+            "tune[ml100k,f_dmpo]",
+            "decode[ml100k,f_dmpo]",
+            "evaluate_method[ml100k,f_dmpo]",
+            "tune[ml100k,f_rosepo]",
+            "decode[ml100k,f_rosepo]",
+            "evaluate_method[ml100k,f_rosepo]",
+            "tune[ml100k,f_ppo]",
+            "decode[ml100k,f_ppo]",
+            "evaluate_method[ml100k,f_ppo]",
+            "make_rq3_table[ml100k]",
             "evaluate_method[ml100k,sasrec]",
             "tune[ml100k,flower]",
             "decode[ml100k,flower]",

@@ -6,6 +6,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from flowrec import methods
 from tests.integration.conftest import run_snakemake
 
 pytestmark = pytest.mark.slow
@@ -27,6 +28,29 @@ def test_tiny_workflow_writes_every_table_row(tiny_workflow):
     assert (tiny_workflow / "results/ml100k/figures/paired_differences.png").stat().st_size > 1000
     combined = pd.read_csv(tiny_workflow / "results/tables/all.csv")
     assert len(combined) == len(table)
+
+
+def test_tiny_workflow_builds_table5(tiny_workflow):
+    """RQ3 end to end: every aligned row tuned from the tiny BIGRec or Flower, decoded and scored, and
+    F_x - B_x per algorithm over the same test samples."""
+    table = pd.read_csv(tiny_workflow / "results/ml100k/tables/rq3.csv", index_col="Method")
+    assert list(table.index) == [methods.label(m) for m in methods.names(kind="aligned")]
+    assert table.notna().all().all(), table
+    paired = pd.read_csv(tiny_workflow / "results/ml100k/tables/rq3_paired.csv")
+    assert list(dict.fromkeys(paired["Method"])) == [
+        f"F_{a} - B_{a}" for a in ("S-DPO", "DMPO", "RosePO", "PPO")
+    ]
+    assert (paired["lo"] <= paired["hi"]).all() and paired["samples"].eq(table["samples"].iloc[0]).all()
+    # the aligned models moved away from their start, and no value head reached the saved model
+    for row in ("b_sdpo", "f_ppo"):
+        log = pd.read_csv(tiny_workflow / f"results/ml100k/tune/{row}/log.csv")
+        assert (log[log["split"] == "train"]["grad_norm"] > 0).all(), row
+    from safetensors import safe_open
+
+    with safe_open(str(tiny_workflow / "results/ml100k/tune/f_ppo/model/model.safetensors"), "pt") as fh:
+        assert not [key for key in fh.keys() if "value_head" in key]
+    text = (tiny_workflow / "results/ml100k/tables/rq3.md").read_text()
+    assert "Table 5" in text and "F_S-DPO - B_S-DPO" in text
 
 
 def test_predictions_name_real_items(tiny_workflow):

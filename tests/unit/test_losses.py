@@ -146,10 +146,12 @@ def test_make_loss_dispatches_by_method_and_names_the_known_ones():
         3,
     )
     assert flower.sample_temperature == 1.0  # the schema default fills what the block leaves out
-    with pytest.raises(
-        ValueError, match=r"unknown tuning method 'dpo'; expected one of .*bigrec.*ifairlrs.*flower"
-    ):
+    with pytest.raises(ValueError, match=r"unknown method 'dpo'; expected one of .*bigrec.*ifairlrs.*flower"):
         make_loss("dpo")
+    with pytest.raises(ValueError, match=r"'temp' is not trained by the tuning loop; trained: .*b_sdpo"):
+        make_loss("temp")  # decoded from BIGRec's model, no loss of its own
+    with pytest.raises(ValueError, match="needs the frozen reference model"):
+        make_loss("f_sdpo", {"beta": 0.3, "sampler": "uniform", "negatives": 3, "seed": 0})
     with pytest.raises(ValueError, match=r"`flower`: unknown key\(s\) \['lam'\]"):
         make_loss("flower", {"lam": 0.5}, trie=None, granularity=1)
 

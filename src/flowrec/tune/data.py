@@ -139,11 +139,13 @@ def build_tune_data(
     style: str = "full",
     p_ui_normalisation: str = "mean",
     rejected_titles: np.ndarray | None = None,
+    noun: str = "items",
 ) -> TuneData:
     """Tokenise samples `rows` of a split once. `item_titles[item_id]` is the item's title; `weights` are
     per split row (all ones when None); `p_ui_path` the split's p_ui file (Flower, PPO) and
     `p_ui_normalisation` how its rows are normalised; `style` the prompt style (flowrec.prompts);
-    `rejected_titles` (len(rows), K) the preference samples' rejected title ids (RQ3)."""
+    `rejected_titles` (len(rows), K) the preference samples' rejected title ids (RQ3); `noun` the
+    published style's item noun (prompt.item_noun)."""
     rows = np.asarray(rows, dtype=np.int64)
     sub = split.iloc[rows]
     item_title = np.asarray(trie.item_title)
@@ -151,7 +153,8 @@ def build_tune_data(
     ptr, tokens = np.asarray(trie.title_ptr), np.asarray(trie.title_tokens)
     histories = [[item_titles[i] for i in hist] for hist in sub["history"]]
     prompts = [
-        torch.tensor(p, dtype=torch.long) for p in prompt_ids_batch(tokenizer, histories, max_history, style)
+        torch.tensor(p, dtype=torch.long)
+        for p in prompt_ids_batch(tokenizer, histories, max_history, style, noun)
     ]
     targets = [torch.from_numpy(tokens[ptr[t] : ptr[t + 1]].astype(np.int64)) for t in titles]
     w = np.ones(len(rows), np.float32) if weights is None else np.asarray(weights, np.float32)[rows]

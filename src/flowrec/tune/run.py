@@ -155,9 +155,17 @@ def run_job(job: TuneJob) -> dict:
         prompt.style,
         p_ui_normalisation=loss.p_ui_normalisation,
         rejected_titles=_rejected_titles(job, train_split, train_rows, trie),
+        noun=prompt.item_noun,
     )
     valid_data = build_tune_data(
-        valid_split, valid_rows, item_titles, tokenizer, trie, prompt.max_history, style=prompt.style
+        valid_split,
+        valid_rows,
+        item_titles,
+        tokenizer,
+        trie,
+        prompt.max_history,
+        style=prompt.style,
+        noun=prompt.item_noun,
     )
     log.info(
         "%s: %d train / %d valid samples, device %s, world %d",
