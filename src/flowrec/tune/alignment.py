@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
-from flowrec.lm import encode_prompt_states, position_ids, right_pad
+from flowrec.lm import encode_prompt_states, position_ids
 from flowrec.sampling import sample_continuations
 from flowrec.trie import Trie
 from flowrec.tune.alignment_losses import (
@@ -57,19 +58,22 @@ def response_log_probs(
 
 
 def _chosen_and_rejected(batch: Batch, pad_id: int) -> tuple[torch.Tensor, ...]:
-    """[chosen ; rejected] responses (B (1 + K), T) on their prompts, and K."""
+    """[chosen ; rejected] responses (B (1 + K), T) and masks, on their prompts (the chosen rows first,
+    then each sample's K rejected rows), and K."""
     if batch.rejected_ids is None:
         raise ValueError("preference loss: the batch has no rejected titles (TuneData.rejected_titles)")
-    n, k = len(batch.target_ids), len(batch.rejected_ids) // len(batch.target_ids)
-    responses, masks = right_pad(
-        [*batch.target_ids, *batch.rejected_ids], pad_id
-    )  # rows of different widths: pad them to one
-    lengths = torch.cat([batch.target_mask.sum(1), batch.rejected_mask.sum(1)])
-    masks = (torch.arange(responses.shape[1], device=lengths.device) < lengths.unsqueeze(1)).long()
+    k = len(batch.rejected_ids) // len(batch.target_ids)
+    width = max(batch.target_ids.shape[1], batch.rejected_ids.shape[1])
+
+    def widen(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        extra = width - ids.shape[1]
+        return F.pad(ids, (0, extra), value=pad_id), F.pad(mask, (0, extra), value=0)
+
+    chosen, chosen_mask = widen(batch.target_ids, batch.target_mask)
+    rejected, rejected_mask = widen(batch.rejected_ids, batch.rejected_mask)
     prompts = torch.cat([batch.prompt_ids, batch.prompt_ids.repeat_interleave(k, 0)])
     prompt_mask = torch.cat([batch.prompt_mask, batch.prompt_mask.repeat_interleave(k, 0)])
-    assert len(responses) == n * (1 + k)
-    return prompts, prompt_mask, responses.to(prompts.device), masks.to(prompts.device), k
+    return prompts, prompt_mask, torch.cat([chosen, rejected]), torch.cat([chosen_mask, rejected_mask]), k
 
 
 @dataclass
