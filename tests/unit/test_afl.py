@@ -127,6 +127,36 @@ def test_precision_recall_f1_hand_worked():
     }
 
 
+def _f1(precision: float, recall: float) -> float:
+    return 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+
+
+def test_precision_recall_f1_and_best_threshold_match_their_definitions_on_random_cases():
+    """sklearn computes what docs/method.md defines: P = TP / yes, R = TP / positives, F1 their harmonic
+    mean, and the threshold of best F1 (ties: the higher) among the distinct scores, by brute force."""
+    from flowrec.afl.run import best_threshold
+
+    rng = np.random.default_rng(0)
+    for case in range(200):
+        n = int(rng.integers(1, 40))
+        said, pos = rng.random(n) < rng.random(), rng.random(n) < rng.random()
+        tp = int((said & pos).sum())
+        precision = tp / said.sum() if said.any() else 0.0
+        recall = tp / pos.sum() if pos.any() else 0.0
+        m = precision_recall_f1(said, pos)
+        assert (m["precision"], m["recall"]) == (precision, recall), case
+        assert m["f1"] == pytest.approx(_f1(precision, recall), rel=1e-15, abs=0), case
+        scores = rng.integers(0, 8, n) / 8.0  # ties
+        f1 = {t: _f1(*_pr(scores >= t, pos)) for t in np.unique(scores)}
+        expected = max(t for t in f1 if f1[t] == max(f1.values()))
+        assert best_threshold(scores, pos) == expected, case
+
+
+def _pr(said: np.ndarray, pos: np.ndarray) -> tuple[float, float]:
+    tp = int((said & pos).sum())
+    return (tp / said.sum() if said.any() else 0.0), (tp / pos.sum() if pos.any() else 0.0)
+
+
 def _split():
     history = np.array([[0, 1, 2, -1], [5, 6, 7, 8], [9, -1, -1, -1]])
     return SplitArrays(history=history, length=np.array([3, 4, 1]), target=np.array([3, 9, 4]))
