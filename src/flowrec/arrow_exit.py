@@ -14,8 +14,8 @@ The mitigation waits for that release at exit: an atexit handler sleeps (releasi
 closed Python file object that nothing in Python refers to is alive, at most MAX_WAIT_S. A fixed pause
 is not enough on a loaded machine (1 abort in 100 runs with 0.1 s), nor is a gc.collect (it found
 nothing to collect). `python -m flowrec.arrow_exit install` writes PTH_FILE into the environment's
-site-packages (the Makefile does it when it builds the venv): its line registers the handler at every
-interpreter start there, so a script or notebook that imports only pandas is covered, as is one
+site-packages (the Makefile does it when it builds the venv): its line (standard library only)
+registers the handler at every interpreter start there, so a script or notebook that imports only pandas is covered, as is one
 importing flowrec; `flowrec.arrow_exit.register()` does the same by hand elsewhere.
 
 Why a .pth and not code run by `import flowrec`: every stage's `code` input holds flowrec/__init__.py
@@ -26,48 +26,52 @@ Parquet without threads (flowrec.io.read_parquet) and need no mitigation.
 from __future__ import annotations
 
 import atexit
-import gc
-import io
 import site
 import sys
-import time
-import types
 from pathlib import Path
 
 PTH_FILE = "flowrec-arrow-exit.pth"
-# site executes a .pth line that starts with `import`. The line registers the handler only where this
-# module exists (a venv whose flowrec predates it, or without flowrec, runs nothing).
-PTH_LINE = (
-    "import importlib.util as _u; _u.find_spec('flowrec') and _u.find_spec('flowrec.arrow_exit') "
-    "and __import__('flowrec.arrow_exit').arrow_exit.register()\n"
-)
-# Longest wait at exit for Arrow to let go of Python file objects (a read's cleanup takes milliseconds).
-MAX_WAIT_S = 5.0
+
+# The exit handler, standard library only, as source: the .pth line runs it with exec, and this module
+# runs the same text below, so there is one definition. The line must not import flowrec: a package
+# imported at interpreter start is fixed for the whole process, and a checkout that puts its own src/
+# on sys.path later (rules/common.smk, a worktree) would get the installed one instead.
+HANDLER_SOURCE = """
+import gc, io, sys, time, types
+
+MAX_WAIT_S = 5.0  # longest wait; a finished read's cleanup takes milliseconds
 POLL_S = 0.01
 
 
-def files_held_outside_python() -> int:
-    """Closed Python file objects that nothing in Python refers to: only C++ can hold them, which here
-    means Arrow's PyReadableFile of a finished read, whose destructor still needs the GIL."""
+def files_held_outside_python():
+    # Closed Python file objects that nothing in Python refers to: only C++ can hold them, here Arrow's
+    # PyReadableFile of a finished read, whose destructor still needs the GIL.
     files = [o for o in gc.get_objects() if isinstance(o, io.IOBase) and o.closed]
     held = 0
     for obj in files:
-        referrers = [
-            r for r in gc.get_referrers(obj) if r is not files and not isinstance(r, types.FrameType)
-        ]
+        referrers = [r for r in gc.get_referrers(obj) if r is not files and not isinstance(r, types.FrameType)]
         held += not referrers
     return held
 
 
-def wait_for_arrow(max_wait_s: float = MAX_WAIT_S) -> float:
-    """Sleep (releasing the GIL, so Arrow's threads can take it) until Arrow holds no Python file object,
-    at most `max_wait_s`; seconds waited. Nothing to do where pyarrow was never imported."""
+def wait_for_arrow(max_wait_s=MAX_WAIT_S):
+    # Sleep (releasing the GIL, so that Arrow's threads can take it) until Arrow holds no Python file
+    # object, at most max_wait_s; the seconds waited. Nothing to do where pyarrow was never imported.
     if "pyarrow" not in sys.modules:
         return 0.0
     start = time.perf_counter()
     while files_held_outside_python() and time.perf_counter() - start < max_wait_s:
         time.sleep(POLL_S)
     return time.perf_counter() - start
+"""
+
+_handler: dict = {}
+exec(HANDLER_SOURCE, _handler)
+files_held_outside_python = _handler["files_held_outside_python"]
+wait_for_arrow = _handler["wait_for_arrow"]
+
+# site executes a .pth line that starts with `import`.
+PTH_LINE = f"import atexit; _h = {{}}; exec({HANDLER_SOURCE!r}, _h); atexit.register(_h['wait_for_arrow'])\n"
 
 
 def register() -> None:
