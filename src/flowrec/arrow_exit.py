@@ -46,7 +46,8 @@ POLL_S = 0.01
 def files_held_outside_python():
     # Closed Python file objects that nothing in Python refers to: only C++ can hold them, here Arrow's
     # PyReadableFile of a finished read, whose destructor still needs the GIL.
-    files = [o for o in gc.get_objects() if isinstance(o, io.IOBase) and o.closed]
+    # type(o), not isinstance: an object may fake __class__, and the ABC check then raises.
+    files = [o for o in gc.get_objects() if issubclass(type(o), io.IOBase) and o.closed]
     held = 0
     for obj in files:
         referrers = [r for r in gc.get_referrers(obj) if r is not files and not isinstance(r, types.FrameType)]
@@ -60,8 +61,11 @@ def wait_for_arrow(max_wait_s=MAX_WAIT_S):
     if "pyarrow" not in sys.modules:
         return 0.0
     start = time.perf_counter()
-    while files_held_outside_python() and time.perf_counter() - start < max_wait_s:
-        time.sleep(POLL_S)
+    try:
+        while files_held_outside_python() and time.perf_counter() - start < max_wait_s:
+            time.sleep(POLL_S)
+    except Exception:  # an exit handler of every interpreter in the venv: never add an error of its own
+        pass
     return time.perf_counter() - start
 """
 
