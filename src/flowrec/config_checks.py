@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +23,48 @@ from typing import Any
 # Beams per prompt above this are a typo, not a setting: decoding allocates batch x beams x vocabulary
 # scores per step (100000 beams with SmolLM2's 49152-token vocabulary: ~20 GB for one prompt).
 MAX_BEAMS = 1000
+
+# The category files of Amazon Review Data 2018 (categoryFiles/{name}.json.gz, metaFiles2/meta_{name}.json.gz).
+# A category is a file stem under results/{dataset}/raw/, so anything outside this set is a typo or a path.
+AMAZON_2018_CATEGORIES = frozenset(
+    {
+        "AMAZON_FASHION",
+        "All_Beauty",
+        "Appliances",
+        "Arts_Crafts_and_Sewing",
+        "Automotive",
+        "Books",
+        "CDs_and_Vinyl",
+        "Cell_Phones_and_Accessories",
+        "Clothing_Shoes_and_Jewelry",
+        "Digital_Music",
+        "Electronics",
+        "Gift_Cards",
+        "Grocery_and_Gourmet_Food",
+        "Home_and_Kitchen",
+        "Industrial_and_Scientific",
+        "Kindle_Store",
+        "Luxury_Beauty",
+        "Magazine_Subscriptions",
+        "Movies_and_TV",
+        "Musical_Instruments",
+        "Office_Products",
+        "Patio_Lawn_and_Garden",
+        "Pet_Supplies",
+        "Prime_Pantry",
+        "Software",
+        "Sports_and_Outdoors",
+        "Tools_and_Home_Improvement",
+        "Toys_and_Games",
+        "Video_Games",
+    }
+)
+
+# A name that becomes one folder under results/ (the schema's pattern for the keys of `datasets`).
+_FOLDER_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+# Settings that name a file or folder of the user's (dataset folders, the distfit target file).
+USER_PATH_KEYS = ("raw_dir", "import_dir")
 
 
 class ConfigError(ValueError):
@@ -37,6 +81,73 @@ def non_finite_keys(node: Any, prefix: str = "") -> Iterator[str]:
             yield from non_finite_keys(value, f"{prefix}[{i}]")
     elif isinstance(node, float) and not math.isfinite(node):
         yield prefix
+
+
+def user_path(path: str) -> str:
+    """A path as the user wrote it, in the one form every rule uses: `~` expanded, repeated and trailing
+    slashes dropped (shell completion writes `path/to/split/`, which Snakemake would plan as
+    `path/to/split//train.csv`, a file it then cannot find). Nothing else is rewritten (no normpath:
+    `./x` stays `./x`, so the data stage's params and stats.json keep the spelling they had)."""
+    path = re.sub(r"/{2,}", "/", os.path.expanduser(path))
+    return path.rstrip("/") or "/"
+
+
+def normalise_user_paths(config: dict) -> dict:
+    """The config with every user path (datasets.*.raw_dir, datasets.*.import_dir, distfit.target)
+    through user_path, in place; rules/common.smk calls it once, before any rule reads them."""
+    for entry in config["datasets"].values():
+        for key in USER_PATH_KEYS:
+            if entry.get(key):
+                entry[key] = user_path(entry[key])
+    if config["distfit"].get("target"):
+        config["distfit"]["target"] = user_path(config["distfit"]["target"])
+    return config
+
+
+# A number in scientific notation without a dot or without the exponent's sign: YAML 1.1 (PyYAML, so
+# Snakemake) reads it as a string (its float needs both: 1.0e-9, 1.0e+9), and the schema then says
+# "'1e-9' is not of type 'number'" without saying why.
+_YAML11_STRING_NUMBER = re.compile(
+    r"[-+]?(?P<mantissa>[0-9]+\.?[0-9]*|\.[0-9]+)[eE](?P<exponent>[-+]?[0-9]+)"
+)
+
+
+def yaml_float_spelling(text: str) -> str | None:
+    """How to write `text` so that YAML 1.1 reads a float (`1e-9` -> `1.0e-9`, `2E5` -> `2.0e+5`), or None
+    when `text` is no number in scientific notation."""
+    match = _YAML11_STRING_NUMBER.fullmatch(text.strip())
+    if not match:
+        return None
+    mantissa, exponent = match["mantissa"], match["exponent"]
+    sign = "-" if text.strip().startswith("-") else ""
+    mantissa = mantissa if "." in mantissa else f"{mantissa}.0"
+    mantissa = f"0{mantissa}" if mantissa.startswith(".") else mantissa
+    exponent = exponent if exponent[0] in "+-" else f"+{exponent}"
+    return f"{sign}{mantissa}e{exponent}"
+
+
+def string_numbers(node: Any, prefix: str = "") -> Iterator[tuple[str, str, str]]:
+    """(dotted key, value, spelling YAML reads as a float) of every string that YAML 1.1 left a string
+    but that is a number in scientific notation."""
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            yield from string_numbers(value, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(node, list | tuple):
+        for i, value in enumerate(node):
+            yield from string_numbers(value, f"{prefix}[{i}]")
+    elif isinstance(node, str) and (spelling := yaml_float_spelling(node)) is not None:
+        yield prefix, node, spelling
+
+
+def explain_schema_error(err: Exception, config: Mapping) -> Exception:
+    """The schema's error, with a line per string-typed number in the config saying that YAML read it as
+    a string and how to write it; `err` itself when there is none."""
+    hints = [
+        f"{key}: YAML 1.1 reads {value!r} as a string, not a number (a float needs a dot and a signed "
+        f"exponent); write {spelling}"
+        for key, value, spelling in string_numbers(config)
+    ]
+    return ConfigError(f"{err}\n  " + "\n  ".join(hints)) if hints else err
 
 
 def _check_finite(config: Mapping) -> list[str]:
@@ -62,16 +173,18 @@ def _check_datasets(config: Mapping) -> list[str]:
     for name in sorted(used & set(config["datasets"])):
         entry = config["datasets"][name]
         key = f"datasets.{name}"
-        if entry["source"] == "amazon" and not entry.get("category"):
-            errors.append(f"{key}.category: required for source amazon (e.g. CDs_and_Vinyl)")
+        if entry["source"] == "amazon":
+            errors += _check_category(key, entry.get("category"))
         if entry["source"] == "import":
             folder = entry.get("import_dir")
             if not folder:
                 errors.append(
                     f"{key}.import_dir: required for source import (a folder with train/valid/test.csv)"
                 )
-            elif not Path(folder).is_dir():
-                errors.append(f"{key}.import_dir: {folder} is not a folder ({Path(folder).resolve()})")
+            elif not Path(user_path(folder)).is_dir():
+                errors.append(
+                    f"{key}.import_dir: {folder} is not a folder ({Path(user_path(folder)).resolve()})"
+                )
         months = {}
         for bound in ("window_start", "window_end"):
             if entry.get(bound):
@@ -83,6 +196,40 @@ def _check_datasets(config: Mapping) -> list[str]:
             errors.append(
                 f"{key}: window_start {entry['window_start']} is after window_end {entry['window_end']}"
             )
+    return errors
+
+
+def _check_category(key: str, category: str | None) -> list[str]:
+    """An Amazon category is one of the 2018 release's file stems (which also keeps it a plain name:
+    it becomes results/{dataset}/raw/{category}.json.gz)."""
+    if not category:
+        return [f"{key}.category: required for source amazon (e.g. CDs_and_Vinyl)"]
+    if category not in AMAZON_2018_CATEGORIES:
+        return [
+            f"{key}.category: {category!r} is no category of Amazon Review Data 2018; expected one of "
+            + ", ".join(sorted(AMAZON_2018_CATEGORIES))
+        ]
+    return []
+
+
+def _check_result_folders(config: Mapping) -> list[str]:
+    """Settings that become a folder name under results/ stay one plain name there. The keys of
+    `datasets` are checked by the schema; distfit.datasets may name any folder when distfit.target is
+    set, and a converted model's name comes from its file name (results/models/{name})."""
+    from flowrec.model_source import converted_name  # light: no transformers
+
+    errors = [
+        f"distfit.datasets[{i}]: {name!r} is no plain folder name (letters, digits, _ and -); it becomes "
+        f"results/{name}/distfit"
+        for i, name in enumerate(config["distfit"]["datasets"])
+        if not _FOLDER_NAME.fullmatch(name)
+    ]
+    model = converted_name(config["model"]["name_or_path"])
+    if model is not None and (model in ("", ".", "..") or "/" in model or "\\" in model):
+        errors.append(
+            f"model.name_or_path: {config['model']['name_or_path']!r} would be converted into "
+            f"results/models/{model}, outside results/models/; rename the file"
+        )
     return errors
 
 
@@ -135,12 +282,20 @@ def _check_decode(config: Mapping, results: str | Path) -> list[str]:
             f"decode.num_return ({returned}) exceeds decode.num_beams ({beams}); beam search returns at most "
             "one title per beam"
         )
+    groups = config["trie"]["n_groups"]
     for dataset in config["active_datasets"]:
         titles = catalogue_titles(dataset, results)
+        stats = Path(results) / dataset / "data" / "stats.json"
         if titles is not None and returned > titles:
             errors.append(
                 f"decode.num_return ({returned}) exceeds the {titles} distinct titles of dataset {dataset} "
-                f"({Path(results) / dataset / 'data' / 'stats.json'})"
+                f"({stats})"
+            )
+        # Only an upper bound here: the trie stage also knows which titles occur in train histories.
+        if titles is not None and groups > titles:
+            errors.append(
+                f"trie.n_groups ({groups}) exceeds the {titles} distinct titles of dataset {dataset} "
+                f"({stats}): some popularity groups would hold no title"
             )
     return errors
 
@@ -181,7 +336,12 @@ def _check_freeze_layers(config: Mapping) -> list[str]:
 def check_config(config: Mapping, results: str | Path = "results") -> None:
     """Raise ConfigError listing every problem found (each naming its key); the config passed the schema."""
     errors = _check_finite(config)
-    errors += _check_datasets(config) + _check_batches(config) + _check_decode(config, results)
+    errors += (
+        _check_datasets(config)
+        + _check_result_folders(config)
+        + _check_batches(config)
+        + _check_decode(config, results)
+    )
     errors += _check_model(config) + _check_freeze_layers(config)
     if errors:
         raise ConfigError("config:\n  " + "\n  ".join(errors))
@@ -214,8 +374,11 @@ def main(argv: list[str] | None = None) -> int:
         config: dict = {}
         for path in files:
             update_config(config, load_yaml(path) or {})
-        validate(config, str(Path(__file__).resolve().parents[2] / "config" / "schema.yaml"))
-        check_config(config)
+        try:
+            validate(config, str(Path(__file__).resolve().parents[2] / "config" / "schema.yaml"))
+        except Exception as err:
+            raise explain_schema_error(err, config) from err
+        check_config(normalise_user_paths(config))
     except Exception as err:  # the schema's ValidationError names the key; ConfigError file/line or key
         print(f"{' + '.join(files)}: {err}", file=sys.stderr)
         return 1

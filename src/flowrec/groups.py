@@ -73,6 +73,21 @@ def title_rewards_from_histories(train_histories, item_title: np.ndarray, n_titl
     return title_history_counts(train_histories, item_title, n_titles).astype(np.float64)
 
 
+def check_group_count(title_frequency: Sequence[int] | np.ndarray, n_groups: int) -> None:
+    """Raise ValueError naming trie.n_groups unless every one of the n_groups popularity groups gets a
+    title seen in training histories (groups are cut from the seen titles; unseen ones only join the last)."""
+    freq = np.asarray(title_frequency)
+    seen = int(np.count_nonzero(freq > 0))
+    if n_groups < 1:
+        raise ValueError(f"trie.n_groups: expected >= 1, got {n_groups}")
+    if n_groups > seen:
+        raise ValueError(
+            f"trie.n_groups: {n_groups} popularity groups, but only {seen} of the catalogue's {len(freq)} "
+            f"titles occur in the training histories, so {n_groups - seen} groups would hold no title; "
+            f"set trie.n_groups to at most {seen}"
+        )
+
+
 def popularity_groups(
     title_frequency: Sequence[int] | np.ndarray, n_groups: int, first_seen: Sequence[int] | np.ndarray
 ) -> np.ndarray:
@@ -84,7 +99,8 @@ def popularity_groups(
     title_first_seen): the published preprocessing counts titles in a dict filled in history order and
     sorts it stably, so this reproduces its groups (docs/method.md section 6). Every title absent from
     the training histories (frequency 0) goes to the last group, even when that makes it larger than the
-    others. With fewer seen titles than groups some groups stay empty.
+    others. A group count above the number of seen titles is refused (check_group_count): some groups
+    would hold no title, and the fairness metrics over them would mean nothing.
     """
     freq = np.asarray(title_frequency)
     first = np.asarray(first_seen)
@@ -92,8 +108,7 @@ def popularity_groups(
         raise ValueError("title_frequency: expected a 1-d array of non-negative counts")
     if first.shape != freq.shape:
         raise ValueError(f"first_seen: shape {first.shape}, expected {freq.shape} (one per title)")
-    if n_groups < 1:
-        raise ValueError(f"n_groups: expected >= 1, got {n_groups}")
+    check_group_count(freq, n_groups)
     groups = np.full(len(freq), n_groups - 1, dtype=np.int64)
     seen = np.flatnonzero(freq > 0)
     ranked = seen[np.lexsort((first[seen], -freq[seen]))]  # last key is primary: frequency, then first seen

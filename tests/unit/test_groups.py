@@ -10,7 +10,13 @@ import pyarrow as pa
 import pytest
 
 from flowrec.data.interop import import_d3
-from flowrec.groups import group_shares, popularity_groups, title_first_seen, title_history_counts
+from flowrec.groups import (
+    check_group_count,
+    group_shares,
+    popularity_groups,
+    title_first_seen,
+    title_history_counts,
+)
 
 CDS = Path(__file__).resolve().parents[3] / "shared" / "data" / "amazon2018-cds"
 
@@ -33,6 +39,19 @@ def test_popularity_groups_by_hand() -> None:
     assert np.bincount(popularity_groups(freq, 3, np.arange(8))).tolist() == [3, 2, 3]
     with pytest.raises(ValueError, match="first_seen"):
         popularity_groups(freq, 3, np.arange(7))
+
+
+def test_a_group_count_the_seen_titles_cannot_fill_is_refused() -> None:
+    freq = np.array([4, 0, 3, 1, 0])  # 5 titles, 3 of them in training histories
+    assert np.bincount(popularity_groups(freq, 3, np.arange(5))).tolist() == [1, 1, 3]  # every group filled
+    with pytest.raises(
+        ValueError, match=r"trie.n_groups: 4 popularity groups, but only 3 of the catalogue's 5"
+    ):
+        popularity_groups(freq, 4, np.arange(5))
+    with pytest.raises(ValueError, match="at most 3"):
+        check_group_count(freq, 1000)
+    with pytest.raises(ValueError, match="trie.n_groups: expected >= 1"):
+        check_group_count(freq, 0)
 
 
 def test_title_first_seen_reads_histories_in_order() -> None:

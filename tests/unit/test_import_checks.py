@@ -126,3 +126,70 @@ def test_extra_list_of_the_wrong_length_is_an_error(tmp_path):
     rows = changed("test", 0, history_rating="[5.0]", rating=4.0)
     with pytest.raises(ValueError, match=r"test\.csv:2: column history_rating has 1 entries, the history 2"):
         import_d3(write(tmp_path, rows), max_history=10, seed=0)
+
+
+def write_items_tsv(folder: Path) -> None:
+    (folder / "items.tsv").write_text("item_id\titem_title\n0\tAlpha\n1\tBeta\n2\tGamma\n")
+
+
+def with_history_id(split: str, value: int) -> dict:
+    """Row 0 of `split` with its first history id replaced by `value` (the titles left as they are)."""
+    ids = ROWS[split][0]["history_item_id"].strip("[]").split(", ")
+    return changed(split, 0, history_item_id="[" + ", ".join([str(value), *ids[1:]]) + "]")
+
+
+@pytest.mark.parametrize("split", ["train", "valid", "test"])
+@pytest.mark.parametrize("column", ["item_id", "history_item_id"])
+@pytest.mark.parametrize("value", [-3, -1, 3, 99])
+def test_an_id_outside_items_tsv_is_an_error_naming_file_line_and_value(tmp_path, split, column, value):
+    rows = changed(split, 0, item_id=value) if column == "item_id" else with_history_id(split, value)
+    folder = write(tmp_path, rows)
+    write_items_tsv(folder)
+    with pytest.raises(
+        ValueError,
+        match=rf"{split}\.csv:2: {column} {value} is out of range \(expected 0\.\.2, the item ids of .*items\.tsv",
+    ):
+        import_d3(folder, max_history=10, seed=0)
+
+
+@pytest.mark.parametrize("split", ["train", "valid", "test"])
+@pytest.mark.parametrize("column", ["item_id", "history_item_id"])
+def test_a_negative_id_is_an_error_without_items_tsv_too(tmp_path, split, column):
+    rows = changed(split, 0, item_id=-3) if column == "item_id" else with_history_id(split, -3)
+    with pytest.raises(ValueError, match=rf"{split}\.csv:2: {column} -3 is out of range"):
+        import_d3(write(tmp_path, rows), max_history=10, seed=0)
+
+
+def test_a_history_id_beyond_the_ids_the_files_give_is_an_error(tmp_path):
+    """Without items.tsv the catalogue is the item_id values (0..2 here); a history cannot name item 3."""
+    with pytest.raises(
+        ValueError,
+        match=r"train\.csv:2: history_item_id 3 is out of range \(expected 0\.\.2, the item ids of the item_id column",
+    ):
+        import_d3(write(tmp_path, with_history_id("train", 3)), max_history=10, seed=0)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"item_id": "1.5"}, r"test\.csv:2: item_id '1.5' is not an integer item id"),
+        ({"item_id": "a"}, r"test\.csv:2: item_id 'a' is not an integer item id"),
+        ({"history_item_id": "[1, 2.5]"}, r"test\.csv:2: history_item_id holds 2.5, not an integer item id"),
+        (
+            {"history_item_id": "[1, true]"},
+            r"test\.csv:2: history_item_id holds True, not an integer item id",
+        ),
+    ],
+)
+def test_an_id_that_is_no_integer_is_an_error(tmp_path, values, message):
+    folder = write(tmp_path, changed("test", 0, **values))
+    write_items_tsv(folder)
+    with pytest.raises(ValueError, match=message):
+        import_d3(folder, max_history=10, seed=0)
+
+
+def test_in_range_ids_with_items_tsv_import(tmp_path):
+    folder = write(tmp_path, ROWS)
+    write_items_tsv(folder)
+    _, splits, _ = import_d3(folder, max_history=10, seed=0)
+    assert splits["test"].column("target").to_pylist() == [0]

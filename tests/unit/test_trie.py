@@ -309,6 +309,17 @@ def test_generated_split_targets_are_trie_paths(tmp_path: Path, tokenizer) -> No
     check_targets_are_trie_paths(data, tokenizer, trie)
 
 
+def test_build_refuses_more_groups_than_the_catalogue_fills(tmp_path: Path) -> None:
+    """7 titles: 8 groups cannot all hold one; the stage names the key, the counts and its input files."""
+    data = tmp_path / "data"
+    write_split(data)
+    with pytest.raises(
+        ValueError,
+        match=r"train.parquet: trie.n_groups: 8 popularity groups, but only \d of the catalogue's 7 titles",
+    ):
+        build(data / "items.parquet", data / "train.parquet", "tiny-random", 8)
+
+
 @pytest.mark.slow
 def test_ml100k_targets_are_trie_paths(tmp_path: Path, tokenizer) -> None:
     """The whole of MovieLens-100K (the embedded default's data stage, settings of config.yaml)."""

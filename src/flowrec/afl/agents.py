@@ -43,6 +43,7 @@ class Reply:
     text: str
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    normalisations: tuple[str, ...] = ()  # what took a free-text answer to its option (read_answer)
 
 
 @dataclass(frozen=True)
@@ -144,30 +145,91 @@ def user_request(
 
 
 _REASON = re.compile(r"reason\s*:\s*(.*?)\s*(?:\n|$)", re.IGNORECASE)
+# Wrappings hosted models put around an answer, detected on the field's value.
+_EMPHASIS = re.compile(r"\*\*|__|(?<!\w)[*_](?=\w)|(?<=\w)[*_](?!\w)|`")
+_QUOTES = "\"'\u201c\u201d\u2018\u2019\u00ab\u00bb"
+# MovieLens and Amazon titles end in "(1987)" and put the article last ("Princess Bride, The (1987)");
+# a model tends to write "The Princess Bride", or the title without its year.
+_YEAR = re.compile(r"\s*\((?:1[89]|20)[0-9]{2}\)\s*$")
+_TRAILING_ARTICLE = re.compile(
+    r"^(?P<rest>.+), (?P<article>the|a|an)(?P<year>\s*\([0-9]{4}\))?$", re.IGNORECASE
+)
+# Every normalisation read_answer may apply, in the order of the stats (flowrec.afl.backends.Stats).
+NORMALISATIONS = ("markdown", "quotes", "bare_answer", "trailing_text", "no_year", "article")
 
 
 def _norm(text: str) -> str:
     return re.sub(r"[^0-9a-z]+", " ", text.lower()).strip()
 
 
-def parse_answer(text: str, request: Request) -> tuple[str, str | None]:
-    """(reason, chosen option or None) from a free-text answer.
+def _option_keys(option: str) -> list[tuple[tuple[str, ...], str]]:
+    """(normalisations it takes, normalised key) of one option: as written, without its year, with its
+    trailing article in front, and both."""
+    keys: list[tuple[tuple[str, ...], str]] = [((), _norm(option))]
+    if _YEAR.search(option):
+        keys.append((("no_year",), _norm(_YEAR.sub("", option))))
+    match = _TRAILING_ARTICLE.match(option)
+    if match:
+        front = f"{match['article']} {match['rest']}"
+        keys.append((("article",), _norm(front + (match["year"] or ""))))
+        if match["year"]:
+            keys.append((("no_year", "article"), _norm(front)))
+    return keys
 
-    The field's value ("Item: ..." / "Decision: ...", last occurrence) must equal an option up to case
-    and punctuation, or contain one (the longest contained option wins, so "Cape Fear (1991)" beats
-    "Cape Fear"); a bare option on the last line counts too.
+
+def _match(value: str, request: Request) -> tuple[str | None, tuple[str, ...]]:
+    """(option, normalisations it took) for a normalised field value; None when no option, or two
+    equally good ones, fit. Stricter keys first: the option as written, then without its year, with its
+    article in front, both; at each, equality first, then the longest key contained as whole words (a
+    sentence around the title: "trailing_text")."""
+    keyed = [(steps, key, option) for option in request.options for steps, key in _option_keys(option) if key]
+    for level in ((), ("no_year",), ("article",), ("no_year", "article")):
+        at_level = [(key, option) for steps, key, option in keyed if steps == level]
+        equal = {option for key, option in at_level if key == value}
+        if len(equal) == 1:
+            return equal.pop(), level
+        contained = [(key, option) for key, option in at_level if re.search(rf"\b{re.escape(key)}\b", value)]
+        if request.field == "Decision" and len({o for _, o in contained}) > 1:
+            return None, ()  # "yes or no" decides nothing
+        if contained:
+            longest = max(len(key) for key, _ in contained)
+            best = {option for key, option in contained if len(key) == longest}
+            if len(best) == 1:  # the longest contained wins: "Cape Fear (1991)" beats "Cape Fear"
+                return best.pop(), (*level, "trailing_text")
+            return None, ()
+    return None, ()
+
+
+def read_answer(text: str, request: Request) -> tuple[str, str | None, tuple[str, ...]]:
+    """(reason, chosen option or None, normalisations that took the answer to the option).
+
+    The field's value ("Item: ..." / "Decision: ...", last occurrence; without one, the last line:
+    "bare_answer") is compared with the options up to case and punctuation, which drops markdown
+    emphasis and quotes (counted as "markdown", "quotes" when present); then see _match.
     """
     reason_match = _REASON.search(text)
     reason = reason_match.group(1).strip() if reason_match else ""
-    values = re.findall(rf"{request.field}\s*:\s*(.+)", text, flags=re.IGNORECASE)
-    value = values[-1] if values else (text.strip().splitlines() or [""])[-1]
-    value = _norm(value)
+    field_re = rf"(?:\*\*|__)?{request.field}(?:\*\*|__)?\s*:\s*(?:\*\*|__)?\s*(.+)"
+    fields = list(re.finditer(field_re, text, flags=re.IGNORECASE))
+    raw = fields[-1].group(1) if fields else (text.strip().splitlines() or [""])[-1]
+    line = fields[-1].group(0) if fields else raw  # markdown may wrap the label too: "**Item:** ..."
+    value = _norm(raw)
     if not value:
-        return reason, None
-    by_norm = {_norm(o): o for o in request.options}
-    if value in by_norm:
-        return reason, by_norm[value]
-    contained = [o for n, o in by_norm.items() if n and re.search(rf"\b{re.escape(n)}\b", value)]
-    if request.field == "Decision" and len(contained) > 1:
-        return reason, None  # "yes or no" decides nothing
-    return reason, (max(contained, key=len) if contained else None)
+        return reason, None, ()
+    choice, steps = _match(value, request)
+    if choice is None:
+        return reason, None, ()
+    wrappings = ["bare_answer"] if not fields else []
+    if _EMPHASIS.search(line):
+        wrappings.append("markdown")
+    unwrapped = _EMPHASIS.sub("", raw).strip().rstrip(".!")
+    if len(unwrapped) > 1 and unwrapped[0] in _QUOTES and unwrapped[-1] in _QUOTES:
+        wrappings.append("quotes")
+    fired = set(wrappings) | set(steps)
+    return reason, choice, tuple(n for n in NORMALISATIONS if n in fired)
+
+
+def parse_answer(text: str, request: Request) -> tuple[str, str | None]:
+    """(reason, chosen option or None) from a free-text answer (read_answer without the counts)."""
+    reason, choice, _ = read_answer(text, request)
+    return reason, choice

@@ -7,7 +7,10 @@ part of every cache key) and `stats` (calls, tokens, unparsed answers, retries).
   answer parses;
 - openai: any OpenAI-compatible chat endpoint (vLLM, llama.cpp's server, Ollama, a hosted model)
   through the `openai` client, with bounded concurrency and retries with exponential backoff; an answer
-  that names no option takes the request's fallback and is counted in `stats.unparsed`.
+  is mapped to its option through the wrappings hosted models add (markdown, quotes, a sentence
+  around the title, the title without its year or with its article in front: agents.read_answer),
+  each counted in `stats.normalised`; one that names no option takes the request's fallback and is
+  counted in `stats.unparsed`.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
-from flowrec.afl.agents import Reply, Request, parse_answer
+from flowrec.afl.agents import NORMALISATIONS, Reply, Request, read_answer
 
 log = logging.getLogger("flowrec.afl")
 
@@ -58,6 +61,8 @@ class Stats:
     retries: int = 0
     seconds: float = 0.0
     unparsed_examples: list[str] = field(default_factory=list)
+    # Parsed answers that took each normalisation (agents.NORMALISATIONS); an answer may take several.
+    normalised: dict[str, int] = field(default_factory=lambda: dict.fromkeys(NORMALISATIONS, 0))
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -83,8 +88,11 @@ class OpenAIBackend:
             openai.RateLimitError,
             openai.InternalServerError,
         )
+        # The endpoint, for the error after the last retry (a test's client names its own).
+        self.base_url = str(getattr(client, "base_url", "")) if client is not None else None
         if client is None:
             base_url = settings.base_url or os.environ.get("OPENAI_BASE_URL")
+            self.base_url = base_url
             if not base_url:
                 raise ValueError("afl.backend.base_url is null and $OPENAI_BASE_URL is not set")
             key = os.environ.get(settings.api_key_env)
@@ -119,12 +127,13 @@ class OpenAIBackend:
             except self._errors as err:
                 if attempt == self.settings.max_retries:
                     raise RuntimeError(
-                        f"afl backend: {self.settings.max_retries + 1} attempts failed, last: {err}"
+                        f"afl backend: {self.settings.max_retries + 1} attempts at {self.base_url} "
+                        f"(model {self.settings.model}) failed, last: {err}"
                     ) from err
                 self.stats.retries += 1
                 time.sleep(self.settings.backoff_s * 2**attempt)
         text = response.choices[0].message.content or ""
-        reason, choice = parse_answer(text, request)
+        reason, choice, normalisations = read_answer(text, request)
         usage = response.usage
         return Reply(
             reason=reason,
@@ -133,6 +142,7 @@ class OpenAIBackend:
             text=text,
             prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
             completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+            normalisations=normalisations,
         )
 
     def __call__(self, requests: list[Request]) -> list[Reply]:
@@ -144,6 +154,8 @@ class OpenAIBackend:
         for reply in replies:
             self.stats.prompt_tokens += reply.prompt_tokens
             self.stats.completion_tokens += reply.completion_tokens
+            for name in reply.normalisations:
+                self.stats.normalised[name] += 1
             if not reply.parsed:
                 self.stats.unparsed += 1
                 if len(self.stats.unparsed_examples) < 5:

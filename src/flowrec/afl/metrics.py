@@ -14,16 +14,19 @@ def hr_at_1(final: np.ndarray, target: np.ndarray) -> float:
 
 
 def precision_recall_f1(said_yes: np.ndarray, positive: np.ndarray) -> dict[str, float]:
-    """Precision, recall and F1 of the "yes" answers against the true labels (positive = true next item).
+    """Precision, recall and F1 of the "yes" answers against the true labels (positive = true next item),
+    by sklearn.metrics.precision_recall_fscore_support.
 
     A measure whose denominator is zero (no "yes" at all, or no positives) is 0.0, as is F1 when both
-    precision and recall are 0.
+    precision and recall are 0 (zero_division=0.0).
     """
+    from sklearn.metrics import precision_recall_fscore_support  # only the AFL stages need sklearn
+
     said_yes, positive = np.asarray(said_yes, dtype=bool), np.asarray(positive, dtype=bool)
     if said_yes.shape != positive.shape:
         raise ValueError(f"precision_recall_f1: {said_yes.shape} answers for {positive.shape} labels")
-    true_pos = int((said_yes & positive).sum())
-    precision = true_pos / int(said_yes.sum()) if said_yes.any() else 0.0
-    recall = true_pos / int(positive.sum()) if positive.any() else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1}
+    # labels=[True]: the "yes" class alone, also when one of the two arrays holds a single class
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        positive, said_yes, labels=[True], average=None, zero_division=0.0
+    )
+    return {"precision": float(precision[0]), "recall": float(recall[0]), "f1": float(f1[0])}

@@ -131,17 +131,21 @@ def recommend(
 def best_threshold(scores: np.ndarray, positive: np.ndarray) -> float:
     """The threshold t ("yes" iff score >= t) with the best F1 on (scores, positive); ties: the higher t.
 
-    Sorted once: cutting after each group of equal scores gives every distinct threshold's counts.
+    The candidate thresholds are the distinct scores, with their precision and recall from
+    sklearn.metrics.precision_recall_curve; without a positive every F1 is 0 and the highest score wins.
     """
-    order = np.argsort(-scores, kind="stable")
-    ranked, hits = scores[order], positive[order].astype(np.int64)
-    true_pos = np.cumsum(hits)
-    said = np.arange(1, len(ranked) + 1)
-    ends = np.flatnonzero(np.append(ranked[1:] != ranked[:-1], True))  # last index of each tie group
-    precision = true_pos[ends] / said[ends]
-    recall = true_pos[ends] / max(int(hits.sum()), 1)
-    f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
-    return float(ranked[ends[int(np.argmax(f1))]])
+    from sklearn.metrics import precision_recall_curve  # only the AFL stages need sklearn
+
+    scores, positive = np.asarray(scores, dtype=np.float64), np.asarray(positive, dtype=bool)
+    if not positive.any():
+        return float(scores.max())
+    # Ascending thresholds; the curve's last point (precision 1, recall 0) has none.
+    precision, recall, thresholds = precision_recall_curve(positive, scores, drop_intermediate=False)
+    precision, recall = precision[:-1], recall[:-1]
+    total = precision + recall
+    f1 = np.where(total > 0, 2 * precision * recall / np.maximum(total, 1e-12), 0.0)
+    best = np.flatnonzero(f1 == f1.max())[-1]  # the last of the ties is the highest threshold
+    return float(thresholds[best])
 
 
 def simulate(

@@ -5,7 +5,9 @@ Errors (the split cannot be used as given; each names the file and line):
 - an empty or whitespace-only title (it would become an item, and the top recommendation);
 - a train row that copies a valid or test row, user included (test leakage: inflated metrics);
 - optional list columns (item_asins, history_rating, history_timestamp) whose length is not the
-  history's.
+  history's;
+- an item id (item_id, history_item_id) that is no integer, or lies outside 0..N-1 of the catalogue
+  (items.tsv, or the ids the files give): numpy would read -3 as the third item from the end.
 Counted warnings (stats.json `warnings`, and the log): duplicate rows within a split, identical
 (history, target) rows across splits without a user to tell them apart, history titles that disagree
 with the titles of the history ids, ids given two different titles or ASINs.
@@ -122,6 +124,55 @@ def list_extras(frame: pd.DataFrame, path: Path, lengths: np.ndarray) -> dict[st
                 )
         out[column] = values
     return out
+
+
+_INTEGER = r"[-+]?[0-9]+"
+
+
+def integer_ids(cells: pd.Series, path: Path, column: str) -> np.ndarray:
+    """int64 item ids of a column of text cells; a cell that is no integer (1.5, "a", empty) is an error
+    naming its line (pd.to_numeric would read 1.5 and the cast keep 1)."""
+    text = cells.astype(str).str.strip()
+    whole = text.str.fullmatch(_INTEGER).to_numpy(bool)
+    if not whole.all():
+        row = int((~whole).argmax())
+        raise ValueError(f"{path}:{row + 2}: {column} {cells.iloc[row]!r} is not an integer item id")
+    return text.astype(np.int64).to_numpy()
+
+
+def check_integer_lists(rows: list[list], path: Path, column: str) -> None:
+    """Every entry of every parsed list cell is an int (JSON would give 1.5 or "a" as they are)."""
+    for row, ids in enumerate(rows):
+        for value in ids:
+            if type(value) is not int:  # bool is an int subclass, and no item id either
+                raise ValueError(f"{path}:{row + 2}: {column} holds {value!r}, not an integer item id")
+
+
+def check_ids_in_range(
+    ids: np.ndarray | list[list[int]], path: Path, column: str, n_items: int | None, catalogue: str
+) -> None:
+    """Every id in 0..n_items-1 (n_items None: only not negative, while the catalogue is being built
+    from these ids); `ids` is one id per row (a target column) or one list per row (histories). The
+    error names the file, line, column and value."""
+    if isinstance(ids, np.ndarray):
+        flat, row_of = ids.astype(np.int64), np.arange(len(ids))
+    else:
+        lengths = np.fromiter((len(r) for r in ids), np.int64, len(ids))
+        flat = np.fromiter((i for r in ids for i in r), np.int64, int(lengths.sum()))
+        row_of = np.repeat(np.arange(len(ids)), lengths)
+    bad = (flat < 0) if n_items is None else (flat < 0) | (flat >= n_items)
+    if not bad.any():
+        return
+    first = int(bad.argmax())
+    expected = (
+        "item ids count from 0"
+        if n_items is None
+        else f"expected 0..{n_items - 1}, the item ids of {catalogue}"
+    )
+    raise ValueError(
+        f"{path}:{int(row_of[first]) + 2}: {column} {int(flat[first])} is out of range ({expected}; "
+        f"{int(bad.sum())} such ids in this file)"
+    )
 
 
 def _row_keys(frame: pd.DataFrame, columns: list[str]) -> pd.Series:

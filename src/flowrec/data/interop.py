@@ -21,9 +21,12 @@ import pyarrow as pa
 
 from flowrec.data.import_checks import (
     check_history_titles,
+    check_ids_in_range,
+    check_integer_lists,
     check_rows,
     check_titles,
     history_title_mismatches,
+    integer_ids,
     list_extras,
     overlaps,
     read_csv_named,
@@ -138,7 +141,13 @@ def import_d3(
         )
         for name, f in frames.items()
     }
-    if not with_ids:
+    targets: dict[str, np.ndarray] = {}
+    if with_ids:
+        for name, frame in frames.items():
+            path = folder / f"{name}.csv"
+            targets[name] = integer_ids(frame["item_id"], path, "item_id")
+            check_integer_lists(lists[name], path, "history_item_id")
+    else:
         for name in SPLITS:
             check_history_titles(lists[name], folder / f"{name}.csv")
     warnings: Counter = Counter()
@@ -150,11 +159,13 @@ def import_d3(
             raise ValueError(f"{items_path}: item_id must be 0..N-1 (got {len(items)} rows)")
         items = items.sort_values("item_id").reset_index(drop=True)
     elif with_ids:
+        for name in SPLITS:  # the catalogue is built from these ids: a negative one would become an item
+            check_ids_in_range(targets[name], folder / f"{name}.csv", "item_id", None, "")
         pairs = (
             pd.concat(
                 [
-                    pd.DataFrame({"item_id": f["item_id"].astype(np.int64), "title": f["item_title"]})
-                    for f in frames.values()
+                    pd.DataFrame({"item_id": targets[name], "title": f["item_title"]})
+                    for name, f in frames.items()
                 ]
             )
             .drop_duplicates()
@@ -180,6 +191,12 @@ def import_d3(
         ordered = np.array(sorted(seen), dtype=object)[np.random.default_rng(seed).permutation(len(seen))]
         items = pd.DataFrame({"item_id": np.arange(len(ordered), dtype=np.int64), "title": ordered})
     n_items = len(items)
+    if items_path.exists():
+        catalogue = str(items_path)
+    elif with_ids:
+        catalogue = f"the item_id column of {folder}/{{train,valid,test}}.csv (no items.tsv)"
+    else:
+        catalogue = "the titles of the split"
     junk = sum(clean_title(t, 10**9, "flowrec")[1] == "title_html" for t in items["title"])
     if junk:
         stats_drops["imported_items_with_html_title_kept"] = int(junk)
@@ -193,12 +210,7 @@ def import_d3(
     for name, frame in frames.items():
         path = folder / f"{name}.csv"
         if with_ids:
-            target = pd.to_numeric(frame["item_id"], errors="coerce")
-            if target.isna().any():
-                raise ValueError(
-                    f"{path}:{int(target.isna().to_numpy().argmax()) + 2}: item_id is not an integer"
-                )
-            target = target.to_numpy(np.int64)
+            target = targets[name]
             history = lists[name]
         else:
             known = frame["item_title"].isin(id_of_title.index)
@@ -212,13 +224,14 @@ def import_d3(
                 history = [id_of_title.loc[row].tolist() for row in lists[name]]
             except KeyError as err:
                 raise ValueError(f"{path}: history_item_title names an unknown title {err}") from err
+        # Before any use of the ids (the list extras, the titles of history ids index with them).
+        check_ids_in_range(target, path, "item_id", n_items, catalogue)
+        check_ids_in_range(history, path, "history_item_id", n_items, catalogue)
         full_lengths = np.fromiter((len(r) for r in history), np.int64, len(history))
         extras = list_extras(frame, path, full_lengths)
         full_history, history = history, [row[-max_history:] for row in history]
         lengths = np.fromiter((len(r) for r in history), np.int64, len(history))
         flat = np.fromiter((i for r in history for i in r), np.int64, int(lengths.sum()))
-        if len(flat) and (flat.min() < 0 or flat.max() >= n_items) or len(target) and target.max() >= n_items:
-            raise ValueError(f"{path}: item ids outside 0..{n_items - 1}")
         if with_ids:
             history_title_mismatches(
                 frame, lists[name], items["title"].to_numpy(object), path, warnings, name

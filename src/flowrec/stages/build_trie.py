@@ -45,7 +45,10 @@ def build(
     trie = build_trie(item_titles, tokenizer, histories)
     frequency = title_history_counts(histories, trie.item_title, trie.n_titles)
     first_seen = title_first_seen(histories, trie.item_title, trie.n_titles)  # ties: first appearance
-    groups = popularity_groups(frequency, n_groups, first_seen)
+    try:
+        groups = popularity_groups(frequency, n_groups, first_seen)
+    except ValueError as err:  # the group count the catalogue cannot fill: name the files it comes from
+        raise ValueError(f"{items_path} + {train_path}: {err}") from err
     shares = group_shares(frequency, groups, n_groups)
     return (
         trie,
