@@ -30,8 +30,8 @@ def paired_markdown(long: pd.DataFrame, baseline: str, level: float) -> str:
     """Wide Markdown: a row per method, a column per metric (paper order), cells `+d [lo, hi]` and `*`
     where the interval excludes zero."""
     head = (
-        f"## Difference to {baseline} (paired bootstrap over the same test samples, "
-        f"{level:.0%} intervals; * = the interval excludes 0)\n\n"
+        f"## Difference to {baseline} (paired over the same test samples: HR, NDCG bootstrap, the other "
+        f"metrics jackknife; {level:.0%} intervals; * = the interval excludes 0)\n\n"
     )
     if long.empty:
         return head + "No method to compare.\n"
@@ -67,8 +67,7 @@ def plot_paired_differences(long: pd.DataFrame, path: str, baseline: str, title:
     for ax, metric in zip(axes, metrics, strict=False):
         rows = long[long["metric"] == metric].set_index("Method").loc[methods]
         d = rows["difference"].to_numpy(float)
-        # the interval as a segment: a percentile interval of a statistic that resampling biases (H,
-        # TTR, coverage count distinct words or titles) need not contain the observed difference
+        # the interval as a segment around the difference (a jackknife interval is centred on it)
         ax.hlines(y, rows["lo"].to_numpy(float), rows["hi"].to_numpy(float), color="tab:blue", lw=1.2)
         excl = rows["excludes_zero"].to_numpy(bool)
         ax.scatter(d[excl], y[excl], color="tab:blue", zorder=3, s=16)
