@@ -109,13 +109,17 @@ def t_quantile(p: float, df: int) -> float:
     return (lo + hi) / 2
 
 
-def jackknife_interval(point: float, replicates: np.ndarray, level: float) -> tuple[float, float]:
+def jackknife_interval(
+    point: float, replicates: np.ndarray, level: float, bounds: tuple[float, float] = (-math.inf, math.inf)
+) -> tuple[float, float]:
     """point +- t_(G-1) * se: the grouped-jackknife t interval of a statistic from its G leave-group-out
-    replicates, se^2 = (G - 1) / G * sum_g (replicate_g - mean)^2.
+    replicates, se^2 = (G - 1) / G * sum_g (replicate_g - mean)^2, cut to `bounds`, the range the
+    statistic can take (a divergence is >= 0, a share <= 1).
 
     Centred on the point value, so it contains it by construction: the interval is for the statistic
     at this number of samples (what another test set of the same size would give), not for its
-    large-sample limit, so no bias correction moves the centre.
+    large-sample limit, so no bias correction moves the centre. The cut changes no coverage: the
+    statistic's value, and its mean at this size, lie within its range.
     """
     if not 0 < level < 1:
         raise ValueError(f"jackknife: confidence level must lie in (0, 1), got {level}")
@@ -128,7 +132,7 @@ def jackknife_interval(point: float, replicates: np.ndarray, level: float) -> tu
     shifted = replicates - replicates[0]
     se = math.sqrt((g - 1) / g * float(((shifted - shifted.mean()) ** 2).sum()))
     half = t_quantile((1 + level) / 2, g - 1) * se
-    return float(point - half), float(point + half)
+    return float(max(point - half, bounds[0])), float(min(point + half, bounds[1]))
 
 
 def grouped_totals(

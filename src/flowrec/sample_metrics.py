@@ -18,6 +18,7 @@ titles and words: its percentile interval of such a statistic is biased and can 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -42,6 +43,14 @@ BOOTSTRAP, JACKKNIFE = "percentile bootstrap", "grouped jackknife"
 def interval_method(metric: str) -> str:
     """The interval of a metric: BOOTSTRAP for a mean over samples, JACKKNIFE for a set statistic."""
     return BOOTSTRAP if metric.startswith(MEAN_PREFIXES) else JACKKNIFE
+
+
+def metric_bounds(metric: str) -> tuple[float, float]:
+    """The range a set statistic can take, to which its jackknife interval is cut: shares (TTR,
+    Coverage, TailShare) lie in [0, 1]; DGU, MGU and H are >= 0."""
+    return (
+        (0.0, 1.0) if metric == "TTR" or metric.startswith(("Coverage@", "TailShare@")) else (0.0, math.inf)
+    )
 
 
 def group_cutoffs(ks: Sequence[int], fairness_ks: Sequence[int], list_k: int) -> list[int]:
@@ -244,7 +253,9 @@ def metric_intervals(
     out = {}
     for m in metrics:
         interval = (
-            percentile_interval(boot[m], level) if m in boot else jackknife_interval(point[m], jack[m], level)
+            percentile_interval(boot[m], level)
+            if m in boot
+            else jackknife_interval(point[m], jack[m], level, metric_bounds(m))
         )
         out[m] = list(interval)
     return out
@@ -307,7 +318,11 @@ def paired_differences(
         elif metric in boot_a:
             lo, hi = percentile_interval(boot_a[metric] - boot_b[metric], level)
         else:
-            lo, hi = jackknife_interval(difference, jack_a[metric] - jack_b[metric], level)
+            # a difference of two statistics in [lo, hi] lies in [lo - hi, hi - lo]
+            low, high = metric_bounds(metric)
+            lo, hi = jackknife_interval(
+                difference, jack_a[metric] - jack_b[metric], level, (low - high, high - low)
+            )
         rows.append(
             {
                 "metric": metric,

@@ -36,7 +36,7 @@ def test_point_values_are_the_interval_codes_statistics(tiny_workflow):
     intervals (flowrec.sample_metrics.metric_values) on the method's unresampled per-sample rows."""
     metrics_dir = tiny_workflow / "results/ml100k/metrics"
     methods = sorted(p.stem for p in metrics_dir.glob("*.json"))
-    assert len(methods) == 10, methods
+    assert {"random", "mostpop", "sasrec", "bigrec", "flower", "flower_vocab"} <= set(methods), methods
     for method in methods:
         stored = json.loads((metrics_dir / f"{method}.json").read_text())
         table = pd.read_parquet(metrics_dir / "samples" / f"{method}.parquet")

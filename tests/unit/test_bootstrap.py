@@ -128,6 +128,14 @@ def test_delete_one_jackknife_of_a_mean_is_the_t_interval() -> None:
     assert (lo, hi) == pytest.approx((x.mean() - half, x.mean() + half), abs=1e-12)
 
 
+def test_jackknife_interval_is_cut_to_the_statistics_range() -> None:
+    replicates = np.array([0.0, 0.02, 0.01, 0.05])
+    lo, hi = jackknife_interval(0.01, replicates, 0.95)
+    assert lo < 0  # the symmetric interval of a statistic near its bound crosses it
+    assert jackknife_interval(0.01, replicates, 0.95, (0.0, math.inf)) == (0.0, hi)
+    assert jackknife_interval(0.99, 1 - replicates, 0.95, (0.0, 1.0))[1] == 1.0
+
+
 def test_set_statistics_intervals_hold_their_value_where_the_bootstrap_did_not() -> None:
     # 8 samples of distinct titles (as the tiny workflow): a bootstrap resample repeats samples, so its
     # coverage and TTR only lose, and the old percentile interval lay below the value

@@ -24,6 +24,7 @@ from flowrec.bootstrap import (
 from flowrec.metrics import MetricsSettings, ScoringInputs
 from flowrec.sample_metrics import (
     evaluate_inputs,
+    metric_bounds,
     metric_intervals,
     per_sample_table,
     point_values,
@@ -151,7 +152,9 @@ def test_metric_intervals_are_this_composition_on_one_test_set() -> None:
         table, leave_group_out_weights(jackknife_labels(N, 30, 11)), shares, M, FAIRNESS_KS, L
     )
     for metric, values in replicates.items():
-        assert ci[metric] == list(jackknife_interval(point[metric], values, 0.9)), metric
+        assert ci[metric] == list(jackknife_interval(point[metric], values, 0.9, metric_bounds(metric))), (
+            metric
+        )
     assert ci["HR@5"][0] <= point["HR@5"] <= ci["HR@5"][1]
     assert set(ci) == {m for m, v in point.items() if isinstance(v, float)}
 

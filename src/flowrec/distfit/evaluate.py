@@ -51,6 +51,14 @@ SAMPLED_COLUMNS = [f"{lvl}_{m}" for lvl in ("title", "token") for m in ("KL_TR",
 ]
 
 
+def sampled_bounds(column: str, target_titles: int, generated: int) -> tuple[float, float]:
+    """The range a sampled column can take, to which its interval is cut: KL >= 0, JS in [0, ln 2]
+    (natural log), `distinct` in [1, min(target titles, generated titles)]."""
+    if column == "distinct":
+        return 1.0, float(min(target_titles, generated))
+    return (0.0, math.log(2)) if column.endswith("_JS") else (0.0, math.inf)
+
+
 def sampled_draws(
     target: Mapping[str, float], titles: Sequence[str], trie: Trie, weights: np.ndarray
 ) -> dict[str, np.ndarray]:
@@ -115,7 +123,8 @@ def divergence_table(
             for column, v in replicates.items():
                 # centred on the table's value (distribution_divergences, equal to sampled_draws under
                 # unit weights to 1e-12), so the interval holds the value beside it
-                div[f"{column}_lo"], div[f"{column}_hi"] = jackknife_interval(div[column], v, level)
+                bounds = sampled_bounds(column, len(target), len(titles))
+                div[f"{column}_lo"], div[f"{column}_hi"] = jackknife_interval(div[column], v, level, bounds)
         rows[LABELS.get(method, method)] = div
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = "Method"
