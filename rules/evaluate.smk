@@ -1,15 +1,12 @@
 # Metrics of every method's test predictions (docs/method.md section 6): HR/NDCG, DGU/MGU, H/TTR, coverage,
-# each with a bootstrap interval; and the reference rows Random and MostPop (docs/method.md section 5).
+# each with an interval (a bootstrap or a jackknife, flowrec.sample_metrics); and the reference rows
+# Random and MostPop (docs/method.md section 5).
 
 
 # Refuse at workflow start any @K above the returned list (the published code reported @20 from 10 beams).
-for _name in ("ks", "fairness_ks"):
-    _too_large = [k for k in config["metrics"][_name] if k > config["decode"]["num_return"]]
-    if _too_large:
-        raise ValueError(
-            f"config: metrics.{_name} {config['metrics'][_name]} has K={_too_large} larger than "
-            f"decode.num_return={config['decode']['num_return']}; lower the K or return more titles"
-        )
+from flowrec.metric_cutoffs import check_cutoffs
+
+check_cutoffs(config["metrics"]["ks"], config["metrics"]["fairness_ks"], config["decode"]["num_return"])
 
 
 # Cheap rules run inside Snakemake's own process on a cluster, not as one sbatch job each.

@@ -124,7 +124,7 @@ def distribution_divergences(
 
 
 def kl_rows(p_counts: np.ndarray, q_counts: np.ndarray, smoothing: float = KL_SMOOTHING) -> np.ndarray:
-    """kl_divergence for every row of (rows, S) count matrices over one support (a bootstrap's draws);
+    """kl_divergence for every row of (rows, S) count matrices over one support (an interval's weight rows);
     a 1-d side is shared by every row. Same smoothing and log as kl_divergence."""
     p = np.asarray(p_counts, np.float64) + smoothing
     q = np.asarray(q_counts, np.float64) + smoothing

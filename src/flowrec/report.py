@@ -1,7 +1,7 @@
 """Result tables (CSV and Markdown) and figures (PNG) from the metrics files of the evaluate stage.
 
 Tables follow the paper's column order (NDCG@5, HR@5, DGU@10, MGU@10, H, TTR, then the rest), each
-metric followed by the bounds of its bootstrap interval, and the paper's row order (SASRec, BIGRec,
+metric followed by the bounds of its interval, and the paper's row order (SASRec, BIGRec,
 Temp, D3, D3 without assistant, IFairLRS, Flower) after the reference rows (Random, MostPop). The
 popularity figure is the paper's Figure 2: per method, the share of top-5 recommendations per
 popularity group beside each group's share of the training histories. The distribution-fitting figure
@@ -161,7 +161,7 @@ def figure_cutoff(metrics: Mapping[str, object], wanted: int = FIGURE_K) -> int:
     stored = sorted(int(m.group(1)) for k in metrics if (m := re.fullmatch(r"group_shares@(\d+)", k)))
     if not stored:
         raise ValueError(
-            "metrics hold no group_shares@K entries (written by flowrec.metrics.evaluate_rankings)"
+            "metrics hold no group_shares@K entries (written by flowrec.sample_metrics.point_values)"
         )
     below = [k for k in stored if k <= wanted]
     return below[-1] if below else stored[0]

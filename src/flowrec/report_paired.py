@@ -13,9 +13,34 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
+from flowrec.metrics import MetricsSettings
 from flowrec.report import _format_cell, _save, method_label, order_columns, plt, to_markdown
+from flowrec.sample_metrics import paired_differences
 
 PAIRED_COLUMNS = ["Method", "metric", "difference", "lo", "hi", "excludes_zero", "samples"]
+
+
+def paired_comparisons(
+    pairs: Mapping[str, tuple[str, str]],
+    by_method: Mapping[str, Mapping],
+    per_sample: Mapping[str, pd.DataFrame],
+    settings: MetricsSettings,
+) -> dict[str, pd.DataFrame]:
+    """{key: method - baseline} for every `key: (method, baseline)` of `pairs`, on the samples both
+    scored (flowrec.sample_metrics.paired_differences; the baseline's metrics file gives the data's
+    group shares, the catalogue size and the list length)."""
+    out = {}
+    for key, (method, baseline) in pairs.items():
+        evaluation = by_method[baseline]["evaluation"]
+        out[key] = paired_differences(
+            per_sample[method],
+            per_sample[baseline],
+            by_method[baseline]["group_shares_data"],
+            evaluation["n_titles"],
+            evaluation["list_k"],
+            settings,
+        )
+    return out
 
 
 def paired_table(diffs_by_method: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
@@ -30,8 +55,8 @@ def paired_markdown(long: pd.DataFrame, baseline: str, level: float) -> str:
     """Wide Markdown: a row per method, a column per metric (paper order), cells `+d [lo, hi]` and `*`
     where the interval excludes zero."""
     head = (
-        f"## Difference to {baseline} (paired bootstrap over the same test samples, "
-        f"{level:.0%} intervals; * = the interval excludes 0)\n\n"
+        f"## Difference to {baseline} (paired over the same test samples: HR, NDCG bootstrap, the other "
+        f"metrics jackknife; {level:.0%} intervals; * = the interval excludes 0)\n\n"
     )
     if long.empty:
         return head + "No method to compare.\n"
@@ -67,8 +92,7 @@ def plot_paired_differences(long: pd.DataFrame, path: str, baseline: str, title:
     for ax, metric in zip(axes, metrics, strict=False):
         rows = long[long["metric"] == metric].set_index("Method").loc[methods]
         d = rows["difference"].to_numpy(float)
-        # the interval as a segment: a percentile interval of a statistic that resampling biases (H,
-        # TTR, coverage count distinct words or titles) need not contain the observed difference
+        # the interval as a segment around the difference (a jackknife interval is centred on it)
         ax.hlines(y, rows["lo"].to_numpy(float), rows["hi"].to_numpy(float), color="tab:blue", lw=1.2)
         excl = rows["excludes_zero"].to_numpy(bool)
         ax.scatter(d[excl], y[excl], color="tab:blue", zorder=3, s=16)

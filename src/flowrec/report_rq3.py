@@ -2,7 +2,8 @@
 with the paired difference F_x - B_x over the same test samples (docs/method.md section 10).
 
 Input: the metrics files and per-sample files of the aligned rows (flowrec.methods, kind `aligned`);
-the difference is flowrec.sample_metrics.paired_differences of F_x against B_x.
+the difference is flowrec.report_paired.paired_comparisons of F_x against B_x (paired bootstrap
+for HR/NDCG, paired jackknife for the set statistics).
 """
 
 from __future__ import annotations
@@ -45,5 +46,8 @@ def rq3_markdown(
     """Table 5 as Markdown: the aligned rows with their intervals, then F_x - B_x per algorithm."""
     table = results_table(by_method)
     text = to_markdown(with_intervals(table), title)
-    text += f"\n{level:.0%} bootstrap intervals over the test samples, {draws} draws.\n\n"
+    text += (
+        f"\n{level:.0%} intervals over the test samples: HR and NDCG percentile bootstrap ({draws} draws), "
+        "the other metrics grouped jackknife.\n\n"
+    )
     return text + paired_markdown(pairs_long, "the same algorithm started from BIGRec (F_x - B_x)", level)

@@ -2,11 +2,13 @@
 
 import json
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
 from flowrec import methods
+from flowrec.sample_metrics import metric_values
 from tests.integration.conftest import run_snakemake
 
 pytestmark = pytest.mark.slow
@@ -16,15 +18,15 @@ def test_tiny_workflow_writes_every_table_row(tiny_workflow):
     table = pd.read_csv(tiny_workflow / "results/ml100k/tables/results.csv", index_col="Method")
     assert list(table.index[:3]) == ["Random", "MostPop", "SASRec"] and len(table) == 10, table
     assert table.notna().all().all(), table
-    # every metric with its bootstrap interval (a mean's interval holds the mean; resampling lowers
-    # counts of distinct words and titles, so H, TTR and coverage may lie above theirs)
-    for metric in ("HR@1", "NDCG@3", "DGU@3", "H", "TTR"):
-        assert (table[f"{metric}_lo"] <= table[f"{metric}_hi"]).all(), metric
-    for metric in ("HR@1", "NDCG@3"):
-        assert table[metric].between(table[f"{metric}_lo"] - 1e-12, table[f"{metric}_hi"] + 1e-12).all()
+    # every metric with its interval, and every interval holds its value (docs/method.md section 6:
+    # a percentile bootstrap of a mean holds the mean; the jackknife intervals are centred on it)
+    metrics = [c for c in table.columns if f"{c}_lo" in table.columns]
+    assert {"HR@1", "NDCG@3", "DGU@3", "MGU@3", "H", "TTR", "Coverage@4", "TailShare@4"} <= set(metrics)
+    for metric in metrics:
+        assert table[metric].between(table[f"{metric}_lo"], table[f"{metric}_hi"]).all(), metric
     paired = pd.read_csv(tiny_workflow / "results/ml100k/tables/paired.csv")
     assert set(paired["Method"]) == set(table.index) - {"BIGRec"}
-    assert (paired["lo"] <= paired["hi"]).all()
+    assert paired["difference"].between(paired["lo"], paired["hi"]).all(), paired
     assert (tiny_workflow / "results/ml100k/figures/paired_differences.png").stat().st_size > 1000
     combined = pd.read_csv(tiny_workflow / "results/tables/all.csv")
     assert len(combined) == len(table)
@@ -51,6 +53,34 @@ def test_tiny_workflow_builds_table5(tiny_workflow):
         assert not [key for key in fh.keys() if "value_head" in key]
     text = (tiny_workflow / "results/ml100k/tables/rq3.md").read_text()
     assert "Table 5" in text and "F_S-DPO - B_S-DPO" in text
+
+
+def test_point_values_are_the_interval_codes_statistics(tiny_workflow):
+    """Every metric of every method's metrics file equals its statistic computed by the code behind the
+    intervals (flowrec.sample_metrics.metric_values) on the method's unresampled per-sample rows."""
+    metrics_dir = tiny_workflow / "results/ml100k/metrics"
+    names = sorted(p.stem for p in metrics_dir.glob("*.json"))
+    assert {"random", "mostpop", "sasrec", "bigrec", "flower", "flower_vocab"} <= set(names), names
+    for method in names:
+        stored = json.loads((metrics_dir / f"{method}.json").read_text())
+        table = pd.read_parquet(metrics_dir / "samples" / f"{method}.parquet")
+        ks = sorted(int(k[3:]) for k in stored if k.startswith("HR@"))
+        fairness_ks = sorted(int(k[4:]) for k in stored if k.startswith("DGU@"))
+        evaluation = stored["evaluation"]
+        values = metric_values(
+            table,
+            np.ones((1, len(table))),
+            stored["group_shares_data"],
+            evaluation["n_titles"],
+            ks,
+            fairness_ks,
+            evaluation["list_k"],
+        )
+        assert set(values) == set(stored["ci"]) and stored["samples"] == len(table), method
+        for metric, value in values.items():
+            assert abs(stored[metric] - value[0]) <= 1e-12, (method, metric, stored[metric], value[0])
+            lo, hi = stored["ci"][metric]
+            assert lo <= stored[metric] <= hi, (method, metric)
 
 
 def test_predictions_name_real_items(tiny_workflow):
@@ -91,7 +121,10 @@ def test_stats_and_distfit(tiny_workflow):
         "Flower (published RQ1 recipe)",
     ]
     assert distfit["title_JS"].between(0, 0.7).all()  # JS in nats is at most ln 2
-    assert (distfit["title_JS_lo"] <= distfit["title_JS_hi"]).all()
+    sampled = [c for c in distfit.columns if f"{c}_lo" in distfit.columns]
+    assert {"title_JS", "token_KL_TR", "distinct"} <= set(sampled) and "title_JS_exact_lo" not in distfit
+    for column in sampled:  # every interval holds the value beside it
+        assert distfit[column].between(distfit[f"{column}_lo"], distfit[f"{column}_hi"]).all(), column
 
 
 def test_nothing_left_to_do_and_report_builds(tiny_workflow):

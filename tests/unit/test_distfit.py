@@ -337,21 +337,28 @@ def test_published_recipe_gets_its_settings_and_its_own_learning_rate(tiny, tmp_
     assert defaults.published_learning_rate == 1e-5 and defaults.published_off_trie_log_reward == -15.0
 
 
-def test_distfit_bootstrap_draws_reproduce_the_table_and_bound_it():
-    """Unit weights give the table's sampled columns; the intervals contain the point values."""
-    from flowrec.distfit.evaluate import SAMPLED_COLUMNS, sampled_draws
+def test_distfit_jackknife_reproduces_the_table_and_holds_it():
+    """Unit weights give the table's sampled columns; each interval is the jackknife t interval of the
+    leave-group-out replicates around the table's value, so it contains it."""
+    from flowrec.bootstrap import jackknife_interval, jackknife_labels, leave_group_out_weights
+    from flowrec.distfit.evaluate import SAMPLED_COLUMNS, sampled_bounds, sampled_draws
 
     trie = hand_trie()
     target = {"a": 3.0, "b": 2.0, "c": 1.0}
     titles = ["a", "a", "b", "c", "a", "b", "b", "a"]
-    table = divergence_table(target, {"sft": titles}, trie, bootstrap=(400, 0, 0.95))
+    table = divergence_table(target, {"sft": titles}, trie, jackknife=(4, 0, 0.95))
     row = table.iloc[0]
     point = sampled_draws(target, titles, trie, np.ones((1, len(titles))))
+    replicates = sampled_draws(target, titles, trie, leave_group_out_weights(jackknife_labels(8, 4, 0)))
     for column in SAMPLED_COLUMNS:
         assert point[column][0] == pytest.approx(row[column], abs=1e-12), column
         assert row[f"{column}_lo"] <= row[column] <= row[f"{column}_hi"], column
+        expected = jackknife_interval(row[column], replicates[column], 0.95, sampled_bounds(column, 3, 8))
+        assert (row[f"{column}_lo"], row[f"{column}_hi"]) == expected, column
+        assert row[f"{column}_lo"] >= (1.0 if column == "distinct" else 0.0), column  # cut to the range
+    assert row["distinct_hi"] <= 3.0  # no more distinct titles than T has
     assert row["title_JS_hi"] > row["title_JS_lo"] and "title_JS_exact_lo" not in table.columns
-    # every draw of a sample that is one title over and over has that title only
-    same = divergence_table(target, {"sft": ["a"] * 5}, trie, bootstrap=(50, 0, 0.95)).iloc[0]
+    # a sample that is one title over and over has that title only in every replicate: no spread
+    same = divergence_table(target, {"sft": ["a"] * 5}, trie, jackknife=(50, 0, 0.95)).iloc[0]
     assert same["distinct_lo"] == same["distinct_hi"] == 1.0
-    assert same["title_JS_lo"] == pytest.approx(same["title_JS"]) == pytest.approx(same["title_JS_hi"])
+    assert same["title_JS_lo"] == same["title_JS"] == same["title_JS_hi"]

@@ -4,8 +4,9 @@ Every model (and the untuned base) samples titles at temperature 1 under the tri
 from the history-free prompt; the table compares T with the generated distribution R (title- and
 token-level KL both ways and JS, flowrec.divergences.distribution_divergences) and, free of sampling
 noise, with the model's exact constrained distribution over the titles (flowrec.sampling.title_log_probs).
-The sampled columns get percentile bootstrap intervals over resamples of the generated titles
-(sampled_draws; docs/method.md section 6).
+The sampled columns get grouped-jackknife t intervals over the generated titles (sampled_draws under
+leave-group-out weights; docs/method.md section 6): every sampled column is a statistic of the whole
+draw (plug-in divergences, distinct titles), which a bootstrap resample, repeating titles, biases.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from flowrec.bootstrap import grouped_totals, percentile_interval, resample_weights
+from flowrec.bootstrap import grouped_totals, jackknife_interval, jackknife_labels, leave_group_out_weights
 from flowrec.distfit.methods import LABELS
 from flowrec.divergences import (
     aligned_counts,
@@ -50,10 +51,18 @@ SAMPLED_COLUMNS = [f"{lvl}_{m}" for lvl in ("title", "token") for m in ("KL_TR",
 ]
 
 
+def sampled_bounds(column: str, target_titles: int, generated: int) -> tuple[float, float]:
+    """The range a sampled column can take, to which its interval is cut: KL >= 0, JS in [0, ln 2]
+    (natural log), `distinct` in [1, min(target titles, generated titles)]."""
+    if column == "distinct":
+        return 1.0, float(min(target_titles, generated))
+    return (0.0, math.log(2)) if column.endswith("_JS") else (0.0, math.inf)
+
+
 def sampled_draws(
     target: Mapping[str, float], titles: Sequence[str], trie: Trie, weights: np.ndarray
 ) -> dict[str, np.ndarray]:
-    """{column: (draws,)} of every sampled column under resampling weights (draws, len(titles)).
+    """{column: (rows,)} of every sampled column under sample weights (rows, len(titles)).
 
     Every generated title lies in T (divergence_table checks), so the union support of T and R is T's
     titles (and their tokens) in every draw: the divergences are computed over that fixed support, which
@@ -82,7 +91,7 @@ def divergence_table(
     samples: Mapping[str, Sequence[str]],
     trie: Trie,
     title_probs: Mapping[str, Mapping[str, float]] | None = None,
-    bootstrap: tuple[int, int, float] | None = None,
+    jackknife: tuple[int, int, float] | None = None,
 ) -> pd.DataFrame:
     """One row per method (in `samples` order): title- and token-level KL(T||R), KL(R||T), JS.
 
@@ -90,8 +99,9 @@ def divergence_table(
     generates. Smoothing and log base: flowrec.divergences.distribution_divergences (natural log).
     `title_probs[method]` ({title: P}, flowrec.sampling.title_log_probs) adds `title_JS_exact`: JS
     between T and the model's exact constrained distribution over titles, free of the sampling noise of R.
-    `bootstrap` (draws, seed, level) adds `{column}_lo`, `{column}_hi` to every sampled column: the
-    percentile interval over resamples of the method's generated titles.
+    `jackknife` (groups, seed, level) adds `{column}_lo`, `{column}_hi` to every sampled column: the
+    grouped-jackknife t interval around the column's value over the method's generated titles (at
+    least two titles; flowrec.bootstrap.jackknife_interval).
     """
     token_ids = {t: trie.title_token_ids(i) for i, t in enumerate(trie.titles)}
     title_probs = title_probs or {}
@@ -106,11 +116,15 @@ def divergence_table(
         exact = title_probs.get(method)
         div["title_JS_exact"] = js_divergence(*aligned_counts(target, exact)) if exact else math.nan
         div["distinct"] = float(len(set(titles)))
-        if bootstrap is not None and len(titles):
-            draws, seed, level = bootstrap
-            values = sampled_draws(target, list(titles), trie, resample_weights(len(titles), draws, seed))
-            for column, v in values.items():
-                div[f"{column}_lo"], div[f"{column}_hi"] = percentile_interval(v, level)
+        if jackknife is not None and len(titles) >= 2:
+            groups, seed, level = jackknife
+            weights = leave_group_out_weights(jackknife_labels(len(titles), groups, seed))
+            replicates = sampled_draws(target, list(titles), trie, weights)
+            for column, v in replicates.items():
+                # centred on the table's value (distribution_divergences, equal to sampled_draws under
+                # unit weights to 1e-12), so the interval holds the value beside it
+                bounds = sampled_bounds(column, len(target), len(titles))
+                div[f"{column}_lo"], div[f"{column}_hi"] = jackknife_interval(div[column], v, level, bounds)
         rows[LABELS.get(method, method)] = div
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = "Method"

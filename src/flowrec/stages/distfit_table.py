@@ -28,16 +28,16 @@ def write_divergence_table(
     dataset: str,
 ) -> None:
     """The divergence of the tuning set and of each method's samples from T, as CSV and Markdown, the
-    sampled columns with bootstrap intervals (the `metrics` block's bootstrap settings)."""
+    sampled columns with grouped-jackknife intervals (the `metrics` block's interval settings)."""
     settings = settings_from_block(MetricsSettings, metrics, "metrics")
-    bootstrap = (settings.bootstrap_draws, settings.bootstrap_seed, settings.confidence)
+    jackknife = (settings.jackknife_groups, settings.bootstrap_seed, settings.confidence)
     counts = read_target(target)
     sampled = {TUNING_SET: read_samples(tuning_set)}
     exact = {}
     for method, path, prob in zip(methods, samples, probs, strict=True):
         sampled[method] = read_samples(path)
         exact[method] = read_title_probs(prob)
-    table = divergence_table(counts, sampled, Trie.load(trie), exact, bootstrap)
+    table = divergence_table(counts, sampled, Trie.load(trie), exact, jackknife)
     title = f"Distribution fitting on {dataset}: {len(counts)} target titles"
     write_table(table, csv, md, title)
     log.info("\n%s", to_markdown(with_intervals(table), title))
@@ -58,7 +58,7 @@ STAGE = Stage(
     outputs={"csv": "distfit/table.csv", "md": "distfit/table.md"},
     params={
         "methods": Param("the methods of `samples` and `probs`, in order", default=list(METHODS)),
-        "metrics": Param("bootstrap settings of the intervals", block="metrics"),
+        "metrics": Param("interval settings (jackknife_groups, bootstrap_seed, confidence)", block="metrics"),
     },
     wildcards={"dataset": "dataset name (in the table's title)"},
 )

@@ -1,5 +1,6 @@
 """Stage evaluate_method: every metric of one method's test predictions (docs/method.md section 6), with
-a bootstrap interval per metric and the per-sample values the paired comparisons of make_tables use.
+an interval per metric (flowrec.sample_metrics: a bootstrap for HR/NDCG, a grouped jackknife for the
+set statistics) and the per-sample values the paired comparisons of make_tables use.
 
 Every method is scored on the seeded subset of decode.test_samples: SASRec and the reference rows
 (Random, MostPop) predict every test sample and are cut to it. A method that decoded other samples (a
@@ -13,8 +14,9 @@ import pyarrow as pa
 
 from flowrec.cli import Param, Stage
 from flowrec.io import read_parquet, write_json, write_parquet
-from flowrec.metrics import MetricsSettings, eval_subset, evaluate_rankings, read_scoring_inputs
-from flowrec.sample_metrics import bootstrap_intervals, per_sample_table
+from flowrec.metric_cutoffs import check_cutoffs
+from flowrec.metrics import MetricsSettings, eval_subset, read_scoring_inputs
+from flowrec.sample_metrics import evaluate_inputs, interval_method
 from flowrec.settings import settings_from_block
 
 log = logging.getLogger(__name__)
@@ -52,44 +54,19 @@ def evaluate(
         )
     inputs = read_scoring_inputs(predictions, test, item_table, groups, groups_json, restrict)
     list_k = decode["num_return"]
-    scores = evaluate_rankings(
-        rec_titles=inputs.rec_titles,
-        target_titles=inputs.target_titles,
-        title_group=inputs.title_group,
-        data_shares=inputs.data_shares,
-        n_titles=inputs.n_titles,
-        settings=settings,
-        list_k=list_k,
-    )
-    table = per_sample_table(
-        inputs.sample_ids,
-        inputs.rec_titles,
-        inputs.target_titles,
-        inputs.title_group,
-        len(inputs.data_shares),
-        settings.ks,
-        settings.fairness_ks,
-        list_k,
-    )
-    intervals = bootstrap_intervals(
-        table,
-        inputs.data_shares,
-        inputs.n_titles,
-        settings.ks,
-        settings.fairness_ks,
-        list_k,
-        settings.bootstrap_draws,
-        settings.bootstrap_seed,
-        settings.confidence,
-    )
+    # the rule checks at parse time; this call covers the stage run on its own (python -m, flowrec.cli)
+    check_cutoffs(settings.ks, settings.fairness_ks, list_k)
+    scores, table = evaluate_inputs(inputs, settings, list_k)
     evaluation = {
         "n_titles": inputs.n_titles,
         "list_k": list_k,
         "bootstrap_draws": settings.bootstrap_draws,
         "bootstrap_seed": settings.bootstrap_seed,
         "confidence": settings.confidence,
+        "jackknife_groups": min(settings.jackknife_groups, len(table)),
+        "interval_methods": {m: interval_method(m) for m in scores["ci"]},
     }
-    out = {"dataset": dataset, "method": method, **scores, "ci": intervals, "evaluation": evaluation}
+    out = {"dataset": dataset, "method": method, **scores, "evaluation": evaluation}
     log.info("%s %s: %s", dataset, method, {k: v for k, v in out.items() if "@" in k or k in ("H", "TTR")})
     write_parquet(pa.Table.from_pandas(table, preserve_index=False), samples)
     write_json(out, metrics_json)
@@ -111,7 +88,7 @@ STAGE = Stage(
         "samples": "metrics/samples/{method}.parquet (per-sample values)",
     },
     params={
-        "metrics": Param("metric cut-offs and bootstrap settings", block="metrics"),
+        "metrics": Param("metric cut-offs and interval settings", block="metrics"),
         "decode": Param("decode settings: test_samples, seed, num_return", block="decode"),
     },
     wildcards={"dataset": "dataset name", "method": "method name"},

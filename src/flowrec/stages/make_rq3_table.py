@@ -11,8 +11,8 @@ from flowrec.cli import File, Param, Stage
 from flowrec.io import atomic_path, write_text
 from flowrec.metrics import MetricsSettings
 from flowrec.report import read_metrics, results_table
+from flowrec.report_paired import paired_comparisons
 from flowrec.report_rq3 import rq3_markdown, rq3_pair_table, start_pairs
-from flowrec.sample_metrics import paired_differences
 from flowrec.settings import settings_from_block
 
 log = logging.getLogger(__name__)
@@ -32,21 +32,8 @@ def make_rq3_table(
     settings = settings_from_block(MetricsSettings, metrics_settings, "metrics")
     by_method = read_metrics(dict(zip(methods, metrics, strict=True)))
     per_sample = {m: pd.read_parquet(p) for m, p in zip(methods, samples, strict=True)}
-    differences = {}
-    for family, b_row, f_row in start_pairs(methods):
-        evaluation = by_method[b_row]["evaluation"]
-        differences[family] = paired_differences(
-            per_sample[f_row],
-            per_sample[b_row],
-            by_method[b_row]["group_shares_data"],
-            evaluation["n_titles"],
-            settings.ks,
-            settings.fairness_ks,
-            evaluation["list_k"],
-            settings.bootstrap_draws,
-            settings.bootstrap_seed,
-            settings.confidence,
-        )
+    pairs = {family: (f_row, b_row) for family, b_row, f_row in start_pairs(methods)}
+    differences = paired_comparisons(pairs, by_method, per_sample, settings)
     long = rq3_pair_table(differences)
     table = results_table(by_method)
     with atomic_path(csv) as tmp:
@@ -68,7 +55,7 @@ STAGE = Stage(
     outputs={
         "csv": "tables/rq3.csv (each aligned row, each metric with `_lo`, `_hi` bounds)",
         "md": "tables/rq3.md (Table 5 and F_x - B_x per algorithm)",
-        "paired_csv": "tables/rq3_paired.csv (F_x - B_x per algorithm and metric, paired bootstrap)",
+        "paired_csv": "tables/rq3_paired.csv (F_x - B_x per algorithm and metric, paired bootstrap or jackknife)",
     },
     params={
         "methods": Param("aligned row of each metrics file, in order"),

@@ -1,9 +1,10 @@
 """Stage make_tables: one dataset's result table (a row per method, the paper's columns first, each with
-its bootstrap interval) and every method's paired comparison with BIGRec (table and figure).
+its interval) and every method's paired comparison with BIGRec (table and figure).
 
 Written as CSV (full precision) and Markdown (rounded as in the paper's tables). The paired comparison
-resamples the same test samples for both methods (flowrec.sample_metrics.paired_differences, with the
-`metrics` block's bootstrap settings); docs/method.md section 6.
+resamples (HR/NDCG: bootstrap) or deletes (the set statistics: jackknife) the same test samples for
+both methods (flowrec.sample_metrics.paired_differences, with the `metrics` block's interval
+settings); docs/method.md section 6.
 """
 
 import logging
@@ -15,8 +16,7 @@ from flowrec.cli import File, Param, Stage
 from flowrec.io import atomic_path, write_text
 from flowrec.metrics import MetricsSettings
 from flowrec.report import method_label, read_metrics, results_table, to_markdown, with_intervals
-from flowrec.report_paired import paired_markdown, paired_table, plot_paired_differences
-from flowrec.sample_metrics import paired_differences
+from flowrec.report_paired import paired_comparisons, paired_markdown, paired_table, plot_paired_differences
 from flowrec.settings import settings_from_block
 
 log = logging.getLogger(__name__)
@@ -43,27 +43,15 @@ def make_tables(
     by_method = read_metrics(dict(zip(methods, metrics, strict=True)))
     per_sample = {m: pd.read_parquet(p) for m, p in zip(methods, samples, strict=True)}
     table = results_table(by_method)
-    evaluation = by_method[baseline]["evaluation"]
-    diffs = {
-        m: paired_differences(
-            per_sample[m],
-            per_sample[baseline],
-            by_method[baseline]["group_shares_data"],
-            evaluation["n_titles"],
-            settings.ks,
-            settings.fairness_ks,
-            evaluation["list_k"],
-            settings.bootstrap_draws,
-            settings.bootstrap_seed,
-            settings.confidence,
-        )
-        for m in methods
-        if m != baseline
-    }
-    long = paired_table(diffs)
+    pairs = {m: (m, baseline) for m in methods if m != baseline}
+    long = paired_table(paired_comparisons(pairs, by_method, per_sample, settings))
     label = method_label(baseline)
     title = f"Results on {dataset}"
-    level = f"{settings.confidence:.0%} bootstrap intervals over the test samples, {settings.bootstrap_draws} draws"
+    level = (
+        f"{settings.confidence:.0%} intervals over the test samples: HR and NDCG percentile bootstrap "
+        f"({settings.bootstrap_draws} draws), the other metrics grouped jackknife "
+        f"({settings.jackknife_groups} groups at most)"
+    )
     with atomic_path(csv) as tmp:
         table.to_csv(tmp)
     with atomic_path(paired_csv) as tmp:
@@ -84,12 +72,12 @@ STAGE = Stage(
     outputs={
         "csv": "tables/results.csv (each metric with `_lo`, `_hi` bounds)",
         "md": "tables/results.md (the table and the paired comparison with the baseline)",
-        "paired_csv": "tables/paired.csv (method - baseline per metric, paired bootstrap)",
+        "paired_csv": "tables/paired.csv (method - baseline per metric, paired bootstrap or jackknife)",
         "paired_figure": "figures/paired_differences.png",
     },
     params={
         "methods": Param("method of each metrics file, in order (default: the file names)"),
-        "metrics_settings": Param("cut-offs and bootstrap settings", block="metrics"),
+        "metrics_settings": Param("cut-offs and interval settings", block="metrics"),
         "baseline": Param("the method every other is compared with", default="bigrec"),
     },
     wildcards={"dataset": "dataset name (the table's title)"},
