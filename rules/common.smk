@@ -27,8 +27,8 @@ try:
 except Exception as err:  # a number YAML read as a string: say so (config_checks.explain_schema_error)
     raise explain_schema_error(err, config) from err
 
-# User paths (raw_dir, import_dir, distfit.target) in one form before any rule reads them: `~` expanded,
-# no trailing or doubled slash (config_checks.user_path).
+# User paths (raw_dir, import_dir, distfit.target) in one form before the rules read them (`~` expanded,
+# no trailing or doubled slash; config_checks.user_path).
 normalise_user_paths(config)
 # Everything the schema cannot express (NaN/inf, cross-field rules, the model source, limits against
 # the prepared catalogue) fails here, before Snakemake deletes any output of a job that would fail.
@@ -65,11 +65,11 @@ if _unknown:
         "(distfit.datasets may name any folder when distfit.target is set)"
     )
 # Every method of every table comes from the registry (flowrec.methods): these lists are views of it.
-TUNED_METHODS = methods.trained()  # rule tune: tuned from the base model, and aligned (RQ3)
-DECODED_METHODS = methods.decoded()  # rule decode: row -> the trained model it decodes
+TUNED_METHODS = methods.trained()  # trained by the tune rule (tuned from the base model, and aligned: RQ3)
+DECODED_METHODS = methods.decoded()  # decoded by the decode rule (row -> the trained model it decodes)
 REFERENCE_METHODS = methods.names(kind="reference")
 TABLE_METHODS = methods.names(table="main")  # Table 4, in the paper's row order
-EVALUATED_METHODS = [*TABLE_METHODS, *methods.names(kind="aligned")]  # rule evaluate_method: Tables 4 and 5
+EVALUATED_METHODS = [*TABLE_METHODS, *methods.names(kind="aligned")]  # scored by evaluate_method (Tables 4 and 5)
 DISTFIT_ROWS = list(methods.DISTFIT)
 DISTFIT_TUNED = [m for m in DISTFIT_ROWS if methods.DISTFIT[m].loss]
 # RQ3 (Table 5): the aligned rows the config asks for (align.methods x align.starts).
