@@ -65,7 +65,7 @@ if _unknown:
         "(distfit.datasets may name any folder when distfit.target is set)"
     )
 # Every method of every table comes from the registry (flowrec.methods): these lists are views of it.
-TUNED_METHODS = methods.trained()  # trained by the tune rule (tuned from the base model, and aligned: RQ3)
+TUNED_METHODS = methods.trained()  # trained by the tune rule (tuned from the base model, and aligned for RQ3)
 DECODED_METHODS = methods.decoded()  # decoded by the decode rule (row -> the trained model it decodes)
 REFERENCE_METHODS = methods.names(kind="reference")
 TABLE_METHODS = methods.names(table="main")  # Table 4, in the paper's row order
