@@ -9,6 +9,7 @@ import torch
 
 from flowrec.tune.losses import (
     ifairlrs_weights,
+    minmax_p_ui,
     normalise_p_ui,
     process_log_rewards,
     sft_loss,
@@ -100,6 +101,33 @@ def test_subtb_gradient_reaches_parameters():
     assert head.weight.grad is not None and head.weight.grad.abs().sum() > 0
 
 
+def test_chunked_subtb_at_n_1_is_token_level_subtb_by_hand():
+    """Granularity 1: a state after every token; three tokens give the six pairs of states 0..3."""
+    log_pi = torch.tensor([[-1.0, -2.0, -0.5]], dtype=torch.float64)
+    log_r = torch.tensor([[-1.5, -1.0, -1.0]], dtype=torch.float64)
+    # per-token residuals d = log pi - log R: 0.5, -1.0, 0.5; segment sums over (a, b), a < b:
+    # (0,1) 0.5  (0,2) -0.5  (0,3) 0.0  (1,2) -1.0  (1,3) -0.5  (2,3) 0.5
+    want = (0.25 + 0.25 + 0.0 + 1.0 + 0.25 + 0.25) / 6
+    assert subtb_loss(log_pi, log_r, torch.ones(1, 3), 1).item() == pytest.approx(want, rel=1e-12)
+    assert want == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize("granularity", [3, 4, 150])
+def test_chunked_subtb_at_the_title_length_is_trajectory_balance_by_hand(granularity):
+    """Granularity >= the title's length: states 0 and the end only, one pair, so SubTB is TB,
+    (sum log pi - sum log R)^2 (the published n = 150 run, longer than every title)."""
+    log_pi = torch.tensor([[-1.0, -2.0, -0.5], [-0.3, -0.7, 0.0]], dtype=torch.float64)
+    log_r = torch.tensor([[-1.5, -1.0, -1.0], [-0.1, -0.2, 0.0]], dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    # sample 0: (-3.5) - (-3.5) = 0; sample 1: (-1.0) - (-0.3) = -0.7
+    got = subtb_loss(log_pi, log_r, mask, granularity)
+    assert got.tolist() == pytest.approx([0.0, 0.49], abs=1e-12)
+    # and not token-level SubTB, which also fits every prefix
+    assert subtb_loss(log_pi, log_r, mask, 1)[1].item() == pytest.approx(
+        ((-0.2) ** 2 + (-0.5) ** 2 + (-0.7) ** 2) / 3
+    )
+
+
 def test_token_log_probs_equals_log_softmax():
     logits = torch.randn(2, 3, 11)
     tokens = torch.randint(0, 11, (2, 3))
@@ -135,6 +163,60 @@ def test_reward_variants_and_p_ui_normalisation():
     assert torch.allclose(process_log_rewards(edge, pu, "add"), torch.log(torch.tensor([[1.0, 0.4]])))
     with pytest.raises(ValueError, match="unknown reward variant"):
         process_log_rewards(edge, pu, "mul")
+
+
+# One SASRec row over four titles (softmax scores) and a sampled title of two tokens plus its
+# termination edge, with process rewards 1/2, 1/4 and 1/5 (so log R(i) / F(root) = log(1/40)).
+SIGMA_ROW = torch.tensor([[0.1, 0.2, 0.3, 0.4]])
+EDGES = torch.log(torch.tensor([[0.5, 0.25, 0.2]]))
+
+
+def test_each_reward_variant_on_a_hand_computed_p_ui_row():
+    title = 3  # the row's maximum, 0.4
+    # mean 0.25, span 0.3: mean-normalised p_ui = 1 + 0.15 / 0.3 = 1.5; min-max p_ui = 0.3 / 0.3 = 1
+    mean_p = normalise_p_ui(SIGMA_ROW)[:, title]
+    minmax_p = minmax_p_ui(SIGMA_ROW)[:, title]
+    assert mean_p.item() == pytest.approx(1.5) and minmax_p.item() == pytest.approx(1.0)
+    assert process_log_rewards(EDGES, mean_p, "plain").sum().item() == pytest.approx(math.log(1 / 40))
+    assert process_log_rewards(EDGES, mean_p, "div").sum().item() == pytest.approx(math.log(1 / 40) / 1.5)
+    # ours: log(1.5 * R_p) per edge, three edges
+    assert process_log_rewards(EDGES, mean_p, "add").sum().item() == pytest.approx(
+        math.log(1 / 40) + 3 * math.log(1.5)
+    )
+    # published: the row's maximum has p_ui 1, so nothing is added
+    assert process_log_rewards(EDGES, minmax_p, "add_published").sum().item() == pytest.approx(
+        math.log(1 / 40), abs=1e-6
+    )
+    # title 1 (0.2): min-max p_ui = 0.1 / 0.3 = 1/3, every edge gains log(1/3 + 1e-20)
+    third = minmax_p_ui(SIGMA_ROW)[:, 1]
+    got = process_log_rewards(EDGES, third, "add_published")
+    assert got.tolist()[0] == pytest.approx([math.log(0.5 / 3), math.log(0.25 / 3), math.log(0.2 / 3)])
+    # the row's minimum has min-max p_ui 0: the 1e-20 guard gives log(1e-20) per edge, not -inf
+    zero = minmax_p_ui(SIGMA_ROW)[:, 0]
+    floor = process_log_rewards(EDGES, zero, "add_published")
+    assert torch.isfinite(floor).all()
+    assert floor.sum().item() == pytest.approx(math.log(1 / 40) + 3 * math.log(1e-20), rel=1e-6)
+
+
+def test_our_div_is_the_published_div():
+    """The published div (experiments.md section 6): p_ui = 1 + (sigma - mean) / (max - min); every
+    title token's T_1 value and the termination value divided by it, so the title's log reward is
+    log(c(t) / C) / p_ui; ours divides the same edges by the same p_ui."""
+    sigma = SIGMA_ROW[0].tolist()
+    mean, span = sum(sigma) / 4, max(sigma) - min(sigma)
+    for title in range(4):
+        published_p = 1 + (sigma[title] - mean) / span
+        published = [e / published_p for e in EDGES[0].tolist()]
+        ours = process_log_rewards(EDGES, normalise_p_ui(SIGMA_ROW)[:, title], "div")
+        assert ours[0].tolist() == pytest.approx(published, rel=1e-6)
+
+
+def test_add_published_asks_for_min_max_p_ui_and_the_others_for_mean():
+    by_reward = {
+        r: make_loss("flower", {"reward": r}, trie=None, granularity=1).p_ui_normalisation
+        for r in ("plain", "div", "add", "add_published")
+    }
+    assert by_reward == {"plain": "mean", "div": "mean", "add": "mean", "add_published": "minmax"}
 
 
 def test_make_loss_dispatches_by_method_and_names_the_known_ones():

@@ -8,7 +8,13 @@ by its size, so that gradient accumulation and data-parallel ranks give exactly 
 import numpy as np
 import torch
 
-REWARD_VARIANTS = ("plain", "div", "add")
+REWARD_VARIANTS = ("plain", "div", "add", "add_published")
+# How each reward variant wants the SASRec row normalised before p_ui reaches process_log_rewards
+# (flowrec.tune.data.P_UI_NORMALISATIONS): docs/method.md section 4 for plain, div and add; the
+# published `add` code min-max normalises instead (../shared/design/experiments.md section 6).
+REWARD_P_UI_NORMALISATION = {"plain": "mean", "div": "mean", "add": "mean", "add_published": "minmax"}
+# The published add reward's guard against log 0 at the row's minimum (its min-max p_ui is 0 there).
+ADD_PUBLISHED_EPS = 1e-20
 
 
 NORMALISATIONS = ("children", "vocab")
@@ -92,8 +98,14 @@ def process_log_rewards(
     """Per-token log process reward of docs/method.md section 4, (B, T) -> (B, T).
 
     edge_log_reward: log R_p(s_t, y_{t+1}) = log F(s_{t+1}) - log F(s_t) along the sampled title (0 on
-    padding); p_ui (B,): the normalised SASRec score of the sampled item for that sample's history.
-    plain: log R_p;  div: log R_p / p_ui;  add: log(p_ui * R_p) = log p_ui + log R_p.
+    padding); p_ui (B,): the normalised SASRec score of the sampled item for that sample's history,
+    normalised as REWARD_P_UI_NORMALISATION[variant] says.
+    plain: log R_p;  div: log R_p / p_ui (p_ui mean-normalised, in (0, 2));
+    add: log(p_ui * R_p) = log p_ui + log R_p (p_ui mean-normalised);
+    add_published: log R_p + log(p_ui + 1e-20) with p_ui min-max normalised to [0, 1], the published
+    code's add (its S_lamda 1). Every variant acts on every edge of the title, the termination edge
+    included, so a title of c tokens and its termination gets (c + 1) log p_ui from the add variants and
+    log R(i) / p_ui from div (the published div divides the same edges, docs/method.md section 4).
     """
     if variant == "plain":
         return edge_log_reward
@@ -104,6 +116,8 @@ def process_log_rewards(
         return edge_log_reward / p_ui
     if variant == "add":
         return edge_log_reward + torch.log(p_ui)
+    if variant == "add_published":
+        return edge_log_reward + torch.log(p_ui + ADD_PUBLISHED_EPS)
     raise ValueError(f"unknown reward variant {variant!r}; expected one of {REWARD_VARIANTS}")
 
 

@@ -23,7 +23,7 @@ from flowrec.trie import Trie
 from flowrec.tune.alignment import PPOLoss, PreferenceLoss
 from flowrec.tune.data import Batch
 from flowrec.tune.forward import flower_losses, sft_losses
-from flowrec.tune.losses import NORMALISATIONS
+from flowrec.tune.losses import NORMALISATIONS, REWARD_P_UI_NORMALISATION
 
 
 class TuneLoss(Protocol):
@@ -80,7 +80,11 @@ class FlowerLoss:
     sft_weight: float
 
     parts = ("sft", "subtb")
-    p_ui_normalisation = "mean"  # docs/method.md section 4
+
+    @property
+    def p_ui_normalisation(self) -> str:
+        """How the SASRec rows are normalised for this reward (the published add: min-max)."""
+        return REWARD_P_UI_NORMALISATION.get(self.reward, "mean")
 
     def __post_init__(self) -> None:
         if self.normalise not in NORMALISATIONS:
