@@ -350,3 +350,102 @@ def test_group_by_length_pads_less_and_takes_the_same_step(dataset, tokenizer, t
     # summation order (AdamW's first step is near sign(g), so parameters are not compared elementwise).
     assert logs[True].loc["train", "loss"] == pytest.approx(logs[False].loc["train", "loss"], rel=1e-6)
     assert logs[True].loc["valid", "loss"] == pytest.approx(logs[False].loc["valid", "loss"], rel=1e-3)
+
+
+EVAL_DECODE = {
+    "test_samples": 5,
+    "seed": 42,
+    "num_beams": 3,
+    "num_return": 3,
+    "batch_size": 2,
+    "temperature": 1.0,
+    "length_normalise": True,
+    "assistant_weight": None,
+}
+EVAL_METRICS = {
+    "ks": [1, 3],
+    "fairness_ks": [3],
+    "bootstrap_draws": 10,
+    "bootstrap_seed": 1,
+    "confidence": 0.95,
+}
+
+
+def test_periodic_test_evaluation_ends_at_the_final_evaluation_and_selects_nothing(dataset, tmp_path):
+    """tune.eval_every_steps: a test point after steps 1, 2 (N = 1) and at the epoch's end; with one
+    epoch the saved model is the last point's weights, and decoding it as rule decode does and scoring
+    it as rule evaluate_method does gives that point's metrics. The training itself is unchanged."""
+    from flowrec.decode.run import DecodeJob, run_decode
+    from flowrec.metrics import MetricsSettings, evaluate_prediction_files
+    from flowrec.settings import settings_from_block
+
+    root = dataset[0]
+    make_split(9, 5).to_parquet(root / "data/test.parquet")
+    plain = job(dataset, tmp_path / "plain", "flower")
+    run_job(plain)
+    evaluated = job(dataset, tmp_path / "eval", "flower")
+    evaluated.tune = {**evaluated.tune, "eval_every_steps": 1}
+    evaluated.eval_csv = str(tmp_path / "eval/eval.csv")
+    evaluated.decode, evaluated.metrics = EVAL_DECODE, EVAL_METRICS
+    evaluated.eval_test = str(root / "data/test.parquet")
+    evaluated.eval_groups, evaluated.eval_groups_json = (
+        str(root / "trie/groups.parquet"),
+        str(root / "trie/groups.json"),
+    )
+    run_job(evaluated)
+    curve = pd.read_csv(evaluated.eval_csv)
+    assert curve[["step", "epoch", "point"]].values.tolist() == [
+        [1, 0, "step"],
+        [2, 0, "step"],
+        [2, 0, "epoch"],
+    ]
+    assert (curve["samples"] == 5).all()
+    # Model selection and training do not see the evaluation.
+    pd.testing.assert_frame_equal(
+        pd.read_csv(tmp_path / "plain/log.csv"), pd.read_csv(tmp_path / "eval/log.csv")
+    )
+
+    predictions = tmp_path / "final.parquet"
+    run_decode(
+        DecodeJob(
+            model_dir=evaluated.model_dir,
+            trie=evaluated.trie,
+            items=evaluated.items,
+            test=evaluated.eval_test,
+            output=str(predictions),
+            decode=EVAL_DECODE,
+            max_history=10,
+            prompt_style="full",
+            item_noun="items",
+            device="cpu",
+        )
+    )
+    final = evaluate_prediction_files(
+        predictions,
+        evaluated.eval_test,
+        evaluated.items,
+        evaluated.eval_groups,
+        evaluated.eval_groups_json,
+        settings_from_block(MetricsSettings, EVAL_METRICS, "metrics"),
+        3,
+    )
+    last = curve.iloc[-1]
+    for key in ("HR@1", "HR@3", "NDCG@3", "DGU@3", "MGU@3", "H", "TTR"):
+        assert last[key] == pytest.approx(final[key], abs=1e-12), key
+
+
+def test_eval_csv_without_eval_every_steps_is_a_header(dataset, tmp_path):
+    root = dataset[0]
+    make_split(9, 5).to_parquet(root / "data/test.parquet")
+    plain = job(dataset, tmp_path, "bigrec")
+    plain.eval_csv, plain.decode, plain.metrics = str(tmp_path / "eval.csv"), EVAL_DECODE, EVAL_METRICS
+    plain.eval_test = str(root / "data/test.parquet")
+    plain.eval_groups, plain.eval_groups_json = (
+        str(root / "trie/groups.parquet"),
+        str(root / "trie/groups.json"),
+    )
+    run_job(plain)
+    assert (tmp_path / "eval.csv").read_text().strip() == "step,epoch,point"
+    plain.eval_groups = None
+    with pytest.raises(ValueError, match="eval_groups"):
+        run_job(plain)
