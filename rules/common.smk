@@ -246,9 +246,8 @@ def get_tune_inputs(wildcards):
     return inputs
 
 
-# tune keys of the test evaluation during training (flowrec.tune.periodic_eval), for the RQ4 sweeps
-# (branch i22-rq4): the tune rule's outputs have no curve, and leaving them out of its params keeps
-# its jobs as they were.
+# tune: keys of the test evaluation during training, read by the sweep jobs only (rule tune_sweep):
+# rule tune's outputs have no curve, and leaving them out of its params keeps its jobs as they were.
 _TUNE_EVAL_KEYS = ("eval_every_steps", "eval_test_samples")
 
 
