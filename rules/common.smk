@@ -246,19 +246,13 @@ def get_tune_inputs(wildcards):
     return inputs
 
 
-# tune: keys of the test evaluation during training, read by the sweep jobs only (rule tune_sweep):
-# rule tune's outputs have no curve, and leaving them out of its params keeps its jobs as they were.
-_TUNE_EVAL_KEYS = ("eval_every_steps", "eval_test_samples")
-
-
 def get_tune_block(wildcards):
     """The `tune:` block; an aligned method's with align.tune's keys over it (its optimiser, batch and
     budget) and PPO's with align.ppo.tune's over those, so that an align setting reruns only RQ3."""
     method = methods.get(wildcards.method)
-    tune = {key: value for key, value in config["tune"].items() if key not in _TUNE_EVAL_KEYS}
     if method.kind != "aligned":
-        return tune
-    block = {**tune, **config["align"]["tune"]}
+        return config["tune"]
+    block = {**config["tune"], **config["align"]["tune"]}
     if method.family == "ppo":
         block.update(config["align"]["ppo"]["tune"])
     return block

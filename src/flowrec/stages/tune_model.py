@@ -42,19 +42,12 @@ def tune(
     start_model: str | None = None,
     reference_model: str | None = None,
     checkpoints: str | None = None,
-    eval_csv: str | None = None,
-    test: str | None = None,
-    eval_groups: str | None = None,
-    eval_groups_json: str | None = None,
-    decode: dict | None = None,
-    metrics: dict | None = None,
     nproc: int = 1,
     threads: int = 1,
 ) -> None:
     """Train `method` on `dataset` and save the tuned model to `model_dir`, with log.csv and loss.png.
 
-    `checkpoints` defaults to the folder `checkpoints` beside `model_dir`. With `eval_csv` (the sweep
-    jobs) the test split is decoded and scored during training (tune.eval_every_steps) into that curve.
+    `checkpoints` defaults to the folder `checkpoints` beside `model_dir`.
     """
     torch.set_num_threads(threads)
     job = TuneJob(
@@ -78,12 +71,6 @@ def tune(
         start_model=start_model,
         reference_model=reference_model,
         align=dict(align) if align is not None else None,
-        eval_csv=eval_csv,
-        decode=dict(decode) if decode is not None else None,
-        metrics=dict(metrics) if metrics is not None else None,
-        eval_test=test,
-        eval_groups=eval_groups,
-        eval_groups_json=eval_groups_json,
     )
     log.info("tune %s on %s: %d process(es)", method, dataset, max(nproc, 1))
     launch(job, max(nproc, 1))
@@ -106,15 +93,11 @@ STAGE = Stage(
             "tune/{start}/model (aligned methods: the tuned model they start from)", optional=True
         ),
         "reference_model": File("tune/{start}/model (aligned methods: the frozen reference)", optional=True),
-        "test": File("data/test.parquet (the test evaluation during training)", optional=True),
-        "eval_groups": File("trie/groups.parquet (the test evaluation's fairness metrics)", optional=True),
-        "eval_groups_json": File("trie/groups.json (the test evaluation's group shares)", optional=True),
     },
     outputs={
         "model_dir": "tune/{method}/model (folder of the tuned model)",
         "log_csv": "tune/{method}/log.csv (per-step losses)",
         "loss_png": "tune/{method}/loss.png (training curves)",
-        "eval_csv": File("tune/{method}/eval.csv (test metrics during training; sweep jobs)", optional=True),
     },
     params={
         "model": Param("base LLM settings", block="model"),
@@ -124,8 +107,6 @@ STAGE = Stage(
         "align": Param("an aligned method's settings (rules/common.smk get_align_settings; RQ3 only)"),
         "granularity": Param("Flower's SubTB state spacing in tokens", block="trie.granularity", default=1),
         "checkpoints": Param("folder of last.pt and best.pt (resume); default: beside model_dir"),
-        "decode": Param("the final evaluation's decode settings (with eval_csv)"),
-        "metrics": Param("metric cut-offs and bootstrap settings (with eval_csv)", block="metrics"),
     },
     wildcards={
         "dataset": "dataset name",

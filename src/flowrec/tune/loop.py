@@ -31,7 +31,6 @@ from flowrec.tune.data import TuneData
 from flowrec.tune.divergence_checks import DivergenceGuard
 from flowrec.tune.forward import sft_losses
 from flowrec.tune.objectives import TuneLoss
-from flowrec.tune.periodic_eval import PeriodicEval
 from flowrec.tune.settings import TuneSettings
 from flowrec.tune.step import Optimisation, make_optimisation, optimizer_step
 from flowrec.tune.training_log import ProgressLog, log_columns, plot_log, train_row, valid_row, write_log
@@ -82,17 +81,6 @@ class Run:
     stored_settings: dict
     on_checkpoint: Callable[[Progress], None] | None
     guard: DivergenceGuard  # stops a run whose loss went non-finite or collapsed (divergence_checks)
-    test_eval: PeriodicEval | None = None  # the test decodes during training (tune.eval_every_steps)
-
-
-def evaluate_test(run: Run, step: int, epoch: int, point: str) -> None:
-    """One periodic test evaluation (rank 0 decodes; the other ranks wait for it)."""
-    if run.test_eval is None:
-        return
-    if world()[0] == 0:
-        run.test_eval(run.model, step, epoch, point, run.accelerator.autocast)
-    if world()[1] > 1:
-        dist.barrier()
 
 
 def save_checkpoint(run: Run, progress: Progress, improved: bool) -> None:
@@ -143,9 +131,6 @@ def train_epoch(run: Run, data: TuneData, progress: Progress, epoch: int, name: 
         progress.rows.append(row)
         run.progress_log.step(row, len(global_batch), end_of_epoch=b + 1 == steps)
         bar.set_postfix(loss=f"{result.loss:.4f}", lr=f"{result.lr:.2e}", grad_norm=f"{result.grad_norm:.3g}")
-        # Before the checkpoint, so that a run resumed from it already holds this step's test point.
-        if run.test_eval is not None and run.test_eval.due(progress.step):
-            evaluate_test(run, progress.step, epoch, "step")
         every = settings.checkpoint_steps
         if every and progress.step % every == 0 and b + 1 < steps:  # the epoch's end checkpoints anyway
             save_checkpoint(run, progress, improved=False)
@@ -198,15 +183,13 @@ def train(
     *,
     name: str,
     on_checkpoint: Callable[[Progress], None] | None = None,
-    test_eval: PeriodicEval | None = None,
 ) -> TrainResult:
     """Fine-tune `model` in place with `loss`; on return it holds the best epoch's weights.
 
     `name` (the method) labels the progress bar and the plot and enters the checkpoint fingerprint.
     Resumes from paths.checkpoints/last.pt when it was written with the same loss, settings and data,
     mid-epoch when it was written mid-epoch. `on_checkpoint(progress)` runs after each checkpoint
-    (tests use it to interrupt a run). `test_eval` decodes and scores the test split every
-    tune.eval_every_steps steps and after every epoch (flowrec.tune.periodic_eval); it selects nothing.
+    (tests use it to interrupt a run).
     """
     if settings.batch_size % settings.micro_batch_size:
         raise ValueError(
@@ -261,10 +244,7 @@ def train(
         {"tune": asdict(settings), "loss": loss_settings},  # in last.pt, for the record
         on_checkpoint,
         DivergenceGuard.resumed(name, model.config.vocab_size, progress.rows),
-        test_eval,
     )
-    if test_eval is not None and rank == 0:
-        test_eval.resume(progress.step)
     model.train()
     for epoch in range(settings.epochs if progress.stopped else progress.epoch + 1, settings.epochs):
         train_epoch(run, train_data, progress, epoch, name)
@@ -273,7 +253,6 @@ def train(
         progress.rows.append(valid_row(progress.step, epoch, valid, loss.parts))
         progress.epoch, progress.epoch_step = epoch, 0
         improved = early_stopping(progress, epoch, valid, settings.patience)
-        evaluate_test(run, progress.step, epoch, "epoch")
         log.info(
             "epoch %d: valid loss %.4f (best %.4f at epoch %d)",
             epoch,

@@ -17,10 +17,8 @@ import pandas as pd
 import torch
 
 from flowrec import methods
-from flowrec.decode.run import DecodeSettings
 from flowrec.distributed import job_main, launch_job, process_device, world
 from flowrec.io import read_items
-from flowrec.metrics import MetricsSettings
 from flowrec.model import (
     ModelSettings,
     load_base_model,
@@ -37,7 +35,6 @@ from flowrec.tune.alignment import VALUE_HEAD
 from flowrec.tune.data import build_tune_data, group_weights
 from flowrec.tune.loop import TrainPaths, train
 from flowrec.tune.objectives import make_loss
-from flowrec.tune.periodic_eval import PeriodicEval, TestFiles, make_periodic_eval, write_curve
 from flowrec.tune.preferences import draw_negatives
 from flowrec.tune.settings import TuneSettings
 
@@ -74,48 +71,6 @@ class TuneJob:
     reference_model: str | None = None  # tune/{reference}/model: its frozen reference
     align: dict | None = None  # the aligned method's settings (rules/common.smk get_align_settings)
     device: str | None = None  # default: cuda:{LOCAL_RANK} when CUDA is available, else cpu
-    # The test evaluation during training (tune.eval_every_steps; the sweep jobs): its curve, the final
-    # evaluation's decode settings (flowrec.decode.run.DecodeSettings) and metrics block, and the files
-    # it scores with. eval_csv None: no curve.
-    eval_csv: str | None = None
-    decode: dict | None = None
-    metrics: dict | None = None
-    eval_test: str | None = None  # data/test.parquet
-    eval_groups: str | None = None  # trie/groups.parquet
-    eval_groups_json: str | None = None  # trie/groups.json
-
-
-def _periodic_eval(
-    job: TuneJob, settings: TuneSettings, trie: Trie, tokenizer, prompt
-) -> PeriodicEval | None:
-    """The job's test evaluation during training, or None without eval_csv; with eval_csv but
-    tune.eval_every_steps null, eval.csv is written with its header only (the rule's output exists)."""
-    if job.eval_csv is None:
-        return None
-    missing = [
-        k
-        for k in ("decode", "metrics", "eval_test", "eval_groups", "eval_groups_json")
-        if getattr(job, k) is None
-    ]
-    if missing:
-        raise ValueError(f"tuning job {job.method}: eval_csv needs {missing}")
-    if settings.eval_every_steps is None:
-        if world()[0] == 0:
-            write_curve([], job.eval_csv)
-        return None
-    return make_periodic_eval(
-        settings.eval_every_steps,
-        settings.eval_test_samples,
-        settings_from_block(DecodeSettings, job.decode),
-        settings_from_block(MetricsSettings, job.metrics, "metrics"),
-        TestFiles(job.eval_test, job.items, job.eval_groups, job.eval_groups_json),
-        job.eval_csv,
-        trie,
-        tokenizer,
-        prompt.max_history,
-        prompt.style,
-        prompt.item_noun,
-    )
 
 
 def _sample_weights(job: TuneJob, train_split: pd.DataFrame, trie: Trie):
@@ -225,15 +180,7 @@ def run_job(job: TuneJob) -> dict:
         attach(model)
     paths = TrainPaths(Path(job.checkpoints), Path(job.log_csv), Path(job.loss_png))
     result = train(
-        model,
-        loss,
-        train_data,
-        valid_data,
-        settings,
-        paths,
-        tokenizer.pad_token_id,
-        name=job.method,
-        test_eval=_periodic_eval(job, settings, trie, tokenizer, prompt),
+        model, loss, train_data, valid_data, settings, paths, tokenizer.pad_token_id, name=job.method
     )
     if hasattr(model, VALUE_HEAD):  # PPO's value head is not part of the recommender
         delattr(model, VALUE_HEAD)

@@ -24,8 +24,6 @@ class TuneSettings:
     precision: str  # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32; weights stay fp32
     checkpoint_steps: int | None  # resume checkpoint every N optimizer steps (and after each epoch)
     log_steps: int  # a progress line in the log every N optimizer steps
-    eval_every_steps: int | None  # decode and score the test split every N steps (sweep jobs); None: off
-    eval_test_samples: int | None  # test samples of those decodes; None: decode.test_samples
 
     @classmethod
     def from_config(cls, block: dict | None) -> "TuneSettings":
