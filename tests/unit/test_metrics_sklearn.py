@@ -1,5 +1,5 @@
-"""Our HR@K and NDCG@K (flowrec.metrics.accuracy_at_k, and the per-sample hit@K / gain@K of
-flowrec.sample_metrics.per_sample_table) against scikit-learn's top_k_accuracy_score and ndcg_score,
+"""Our HR@K and NDCG@K (the point values of flowrec.sample_metrics.point_values, and the per-sample
+hit@K / gain@K of flowrec.sample_metrics.per_sample_table they are computed from) against scikit-learn's top_k_accuracy_score and ndcg_score,
 an independent implementation, on random recommendation lists.
 
 The construction: the catalogue's titles are the classes; a sample's scores rank its recommended
@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import ndcg_score, top_k_accuracy_score
 
-from flowrec.metrics import accuracy_at_k
-from flowrec.sample_metrics import per_sample_table
+from flowrec.sample_metrics import per_sample_table, point_values
 
 
 def random_case(rng: np.random.Generator, n_titles: int, n_samples: int, length: int):
@@ -46,8 +45,8 @@ def test_hr_and_ndcg_agree_with_sklearn(seed):
         fairness_ks=[1],
         list_k=length,
     )
+    ours = point_values(samples, [1.0], n_titles, range(1, length + 1), [1], length)
     for k in range(1, length + 1):
-        ours = accuracy_at_k(lists, targets, k)
         hr = top_k_accuracy_score(target, scores, k=k, labels=np.arange(n_titles))
         ndcg = ndcg_score(relevance, scores, k=k)
         assert ours[f"HR@{k}"] == pytest.approx(hr, abs=1e-12), k
