@@ -91,7 +91,8 @@ wildcard_constraints:
     variant="base|agent|afl|afl_norec|afl_noreward|afl_none|reward_model|user_agent",
 
 
-# Keys of a dataset's entry that are no data setting: a method's settings for that dataset only.
+# Keys of a dataset's entry that are no data setting: a method's settings for that dataset only (the
+# same as flowrec.data.settings.DATASET_METHOD_KEYS, whose package this process does not import).
 _DATASET_METHOD_KEYS = ("flower",)
 
 

@@ -43,9 +43,9 @@ def table_of(lists, targets, title_group=GROUPS):
     return per_sample_table(range(len(lists)), lists, targets, title_group, 4, **ARGS)
 
 
-def intervals(table, metric_settings):
-    point = point_values(table, SHARES, 5, **ARGS)
-    return point, metric_intervals(table, point, SHARES, 5, 3, metric_settings)
+def intervals(table, metric_settings, n_titles: int = 5):
+    point = point_values(table, SHARES, n_titles, **ARGS)
+    return point, metric_intervals(table, point, SHARES, n_titles, 3, metric_settings)
 
 
 def test_index_matrix_is_seeded_and_multiplicities_count_draws() -> None:
@@ -143,7 +143,7 @@ def test_set_statistics_intervals_hold_their_value_where_the_bootstrap_did_not()
     titles = [f"t{i} w{i % 5}" for i in range(24)]
     lists = [list(rng.choice(titles, 3, replace=False)) for _ in range(8)]
     table = per_sample_table(range(8), lists, ["t0 w0"] * 8, {}, 4, **ARGS)
-    point, ci = intervals(table, settings())
+    point, ci = intervals(table, settings(), n_titles=24)
     old = metric_values(table, resample_weights(8, 200, 0), SHARES, 24, **ARGS)
     assert np.quantile(old["TTR"], 0.975) < point["TTR"]  # the old interval excluded the value
     for metric in ("H", "TTR", "Coverage@3", "DGU@2", "MGU@2", "TailShare@3"):

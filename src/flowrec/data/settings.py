@@ -69,8 +69,15 @@ class DatasetSettings:
                 month_start(getattr(self, key), f"datasets.{name}.{key}")
 
 
+# Keys of a dataset's entry that are a method's settings for that dataset (rules/common.smk passes them
+# to that method's jobs only), not data settings.
+DATASET_METHOD_KEYS = ("flower",)
+
+
 def dataset_settings(block: Mapping[str, Any], name: str = "dataset") -> DatasetSettings:
-    """DatasetSettings of the config entry `datasets.{name}`, validated (errors name that entry)."""
+    """DatasetSettings of the config entry `datasets.{name}` (its per-dataset method keys left out),
+    validated (errors name that entry)."""
+    block = {key: value for key, value in block.items() if key not in DATASET_METHOD_KEYS}
     settings = settings_from_block(DatasetSettings, block, "datasets.*")
     settings.validate(name)
     return settings
